@@ -1,0 +1,53 @@
+"""The one engine configuration, validated once and passed whole."""
+
+from dataclasses import dataclass, field
+
+from service.errors import ConfigError
+
+
+def default_capture_sizes(max_num_seqs: int) -> list[int]:
+    """1, 2, 4, 8, then steps of 16 up to max_num_seqs (which is always included)."""
+    sizes = [s for s in (1, 2, 4, 8) if s <= max_num_seqs]
+    sizes += list(range(16, max_num_seqs + 1, 16))
+    if max_num_seqs not in sizes:
+        sizes.append(max_num_seqs)
+    return sorted(set(sizes))
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str = "tiny"  # a preset name or a Hugging Face model directory
+    device: str = "auto"  # auto: cuda when available, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    seed: int = 0  # seeds random preset weights
+    max_model_len: int | None = None  # None: the model's own limit
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    kv_cache_memory_bytes: int | None = None  # None: the memory profiler decides
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
+    cuda_graph_sizes: list[int] | None = None  # None: default_capture_sizes(max_num_seqs)
+
+    def __post_init__(self):
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.block_size not in (8, 16, 32, 64, 128):
+            raise ConfigError(f"block_size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
+        if not (0.0 < self.gpu_memory_utilization <= 1.0):
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
+            raise ConfigError(f"kv_cache_memory_bytes must be a positive integer, got {self.kv_cache_memory_bytes}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype}")
+        if self.cuda_graph_sizes is None:
+            self.cuda_graph_sizes = default_capture_sizes(self.max_num_seqs)
+        else:
+            bad = [s for s in self.cuda_graph_sizes if not (1 <= s <= self.max_num_seqs)]
+            if bad:
+                raise ConfigError(f"cuda_graph_sizes must lie in [1, max_num_seqs={self.max_num_seqs}], got {bad}")
+            self.cuda_graph_sizes = sorted(set(self.cuda_graph_sizes))
