@@ -1,0 +1,163 @@
+"""The engine: add requests, step, abort. One `step()` schedules, runs, samples and collects."""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from service.config import EngineConfig
+from service.engine.block_manager import BlockManager
+from service.engine.detokenizer import Detokenizer
+from service.engine.model_runner import ModelRunner
+from service.engine.outputs import RequestOutput
+from service.engine.sampling import SamplingParams
+from service.engine.scheduler import Scheduler, ScheduledSeq
+from service.engine.sequence import Sequence
+from service.errors import ConfigError, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID_CHARS = 256
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_usable_blocks: int
+    num_preemptions: int
+    num_ooms: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, runner: ModelRunner | None = None, num_blocks: int | None = None):
+        """With num_blocks None, the KV cache is sized from config.kv_cache_memory_bytes (boot.py decides it
+        when the memory profiler runs)."""
+        self.config = config
+        self.runner = runner or ModelRunner(config)
+        self.tokenizer = self.runner.loaded.tokenizer
+        self.model_config = self.runner.model_config
+        self.max_model_len = self.runner.max_model_len
+        if num_blocks is None:
+            if config.kv_cache_memory_bytes is None:
+                raise ConfigError("kv_cache_memory_bytes is not set and no block count was given")
+            num_blocks = self.runner.num_blocks_for(config.kv_cache_memory_bytes)
+        min_blocks = self.runner.max_blocks_per_seq + 1
+        if num_blocks < min_blocks:
+            raise ConfigError(
+                f"the KV cache holds {num_blocks} blocks of {config.block_size} tokens, fewer than the "
+                f"{min_blocks} that one max_model_len={self.max_model_len} sequence needs (plus the reserved "
+                f"block); raise kv_cache_memory_bytes to at least {min_blocks * self.runner.bytes_per_block} "
+                f"or lower max_model_len"
+            )
+        if not self.runner.kv_caches:
+            self.runner.allocate_kv_cache(num_blocks)
+        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.sequences: dict[str, Sequence] = {}
+        self.detokenizers: dict[str, Detokenizer] = {}
+        self.num_ooms = 0
+
+    # --- requests -----------------------------------------------------------------------------------
+    def validate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raises InvalidRequest naming the field and the limit. Safe to call from any thread."""
+        if not request_id or len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidRequest("request_id", f"must have 1 to {MAX_REQUEST_ID_CHARS} characters")
+        if not prompt_token_ids:
+            raise InvalidRequest("prompt", "must not be empty")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise InvalidRequest(
+                "prompt",
+                f"{len(prompt_token_ids)} tokens; the limit is max_model_len - 1 = {self.max_model_len - 1} "
+                f"(max_model_len={self.max_model_len})",
+            )
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest("prompt_token_ids", f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        params.validate(vocab)
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        self.validate(request_id, prompt_token_ids, params)
+        if request_id in self.sequences:
+            raise InvalidRequest("request_id", f"{request_id!r} is already running")
+        seq = Sequence(request_id, list(prompt_token_ids), params)
+        self.sequences[request_id] = seq
+        self.detokenizers[request_id] = Detokenizer(params.stop)
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        seq = self.sequences.get(request_id)
+        if seq is None:
+            return None
+        return self._finish(seq, "abort", "")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
+                           self.block_manager.num_free_blocks, self.block_manager.num_usable_blocks,
+                           self.scheduler.num_preemptions, self.num_ooms)
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        try:
+            sampled = self.runner.run(batch)
+        except torch.OutOfMemoryError as e:
+            return self._fail_batch(batch, e)
+        return self._postprocess(self.runner.order(batch), sampled, batch)
+
+    def _postprocess(self, sampling: list[ScheduledSeq], sampled, batch) -> list[RequestOutput]:
+        for s in batch:
+            s.seq.num_computed_tokens += s.num_new_tokens
+        outputs = []
+        now = time.monotonic()
+        for s, token, lps in zip(sampling, sampled.token_ids, sampled.logprobs):
+            seq = s.seq
+            seq.output_token_ids.append(token)
+            if lps is not None:
+                seq.output_logprobs.append(lps)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            new_text, hit_stop = self.detokenizers[seq.request_id].update(self.tokenizer, seq.output_token_ids)
+            reason = "stop" if hit_stop else self._finish_reason(seq, token)
+            if reason:
+                out = self._finish(seq, reason, new_text, new_tokens=[token])
+            else:
+                out = RequestOutput(seq.request_id, [token], new_text, num_prompt_tokens=seq.num_prompt_tokens,
+                                    num_output_tokens=len(seq.output_token_ids))
+            out.logprobs = [lps] if lps is not None else []
+            outputs.append(out)
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.model_config.eos_token_ids):
+            return "stop"
+        if len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, seq: Sequence, reason: str, new_text: str, new_tokens=(), error=None) -> RequestOutput:
+        self.scheduler.remove(seq)
+        seq.finish_reason = reason
+        detok = self.detokenizers.pop(seq.request_id)
+        del self.sequences[seq.request_id]
+        tail = detok.flush() if reason in ("length", "stop") else ""  # text held back for a stop string
+        return RequestOutput(seq.request_id, list(new_tokens), new_text + tail, finished=True, finish_reason=reason,
+                             error=error, num_prompt_tokens=seq.num_prompt_tokens,
+                             num_output_tokens=len(seq.output_token_ids))
+
+    def _fail_batch(self, batch: list[ScheduledSeq], e: Exception) -> list[RequestOutput]:
+        """A CUDA OOM inside a step ends the batch's requests with an error; the engine keeps serving."""
+        self.num_ooms += 1
+        log.error("CUDA out of memory in a step of %d requests; they end with an error: %s", len(batch), e)
+        torch.cuda.empty_cache()
+        msg = f"resource exhausted: the device ran out of memory while running this request ({e})"
+        return [self._finish(s.seq, "error", "", error=msg) for s in batch]

@@ -1,0 +1,147 @@
+"""Turns a scheduled batch into tensors, runs the model (eagerly, or by CUDA-graph replay for pure
+decode batches) and samples."""
+
+import numpy as np
+import torch
+
+from service.config import EngineConfig
+from service.engine.attention import AttentionMetadata, GroupMetadata
+from service.engine.block_manager import NULL_BLOCK
+from service.engine.sampler import SamplerOutput, SamplingBatch, sample
+from service.engine.scheduler import ScheduledSeq
+from service.model.loader import LoadedModel, load_model
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.loaded = loaded or load_model(config.model, self.dtype, self.device, config.seed)
+        self.model = self.loaded.model
+        self.model_config = self.loaded.config
+        self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
+                                 self.model_config.max_position_embeddings)
+        self.model.init_rope(self.max_model_len, self.device, self.dtype)
+        self.block_size = config.block_size
+        self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
+        self.use_triton = self.device.type == "cuda"
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.graphs = None  # service.engine.cuda_graphs.DecodeGraphs once captured
+
+    # --- KV cache -----------------------------------------------------------------------------------
+    @property
+    def bytes_per_block(self) -> int:
+        """2 (K and V) x layers x block_size x kv_heads x head_dim x dtype size."""
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        return self.model_config.kv_bytes_per_token * self.block_size * element
+
+    def num_blocks_for(self, kv_cache_memory_bytes: int) -> int:
+        return kv_cache_memory_bytes // self.bytes_per_block
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        cfg = self.model_config
+        shape = (num_blocks, self.block_size, cfg.num_key_value_heads, cfg.head_dim)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=self.dtype, device=self.device),
+             torch.zeros(shape, dtype=self.dtype, device=self.device))
+            for _ in range(cfg.num_hidden_layers)
+        ]
+
+    def free_kv_cache(self) -> None:
+        self.kv_caches = []
+        self.graphs = None
+
+    # --- one step -----------------------------------------------------------------------------------
+    def run(self, batch: list[ScheduledSeq]) -> SamplerOutput:
+        """Runs the model over the batch; returns one sampled token per sequence that samples, in order."""
+        batch = sorted(batch, key=lambda s: s.num_new_tokens > 1)  # decodes first, then prefills
+        sampling = [s for s in batch if s.samples]
+        is_decode_only = all(s.num_new_tokens == 1 for s in batch)
+        if is_decode_only and self.graphs is not None and self.graphs.can_run(len(batch)):
+            logits = self.graphs.run(batch)
+        else:
+            input_ids, positions, meta, logits_indices = self.prepare(batch)
+            logits = self.model(input_ids, positions, self.kv_caches, meta, logits_indices)
+        if not sampling:
+            return SamplerOutput([], [])
+        params = SamplingBatch([s.seq.params for s in sampling], [len(s.seq.output_token_ids) for s in sampling])
+        return sample(logits, params)
+
+    def order(self, batch: list[ScheduledSeq]) -> list[ScheduledSeq]:
+        """The order in which run() returns sampled tokens."""
+        return [s for s in sorted(batch, key=lambda s: s.num_new_tokens > 1) if s.samples]
+
+    def prepare(self, batch: list[ScheduledSeq]):
+        input_ids, positions, slots, logits_indices = [], [], [], []
+        bs = self.block_size
+        for s in batch:
+            start, end = s.seq.num_computed_tokens, s.seq.num_computed_tokens + s.num_new_tokens
+            input_ids += s.seq.token_ids(start, end)
+            pos = np.arange(start, end)
+            table = np.asarray(s.seq.block_table, dtype=np.int64)
+            positions.append(pos)
+            slots.append(table[pos // bs] * bs + pos % bs)
+            if s.samples:
+                logits_indices.append(len(input_ids) - 1)
+        dev = self.device
+        decodes = [s for s in batch if s.num_new_tokens == 1]
+        prefills = [s for s in batch if s.num_new_tokens > 1]
+        meta = AttentionMetadata(
+            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(dev, non_blocking=True),
+            num_decode_tokens=len(decodes),
+        )
+        if decodes:
+            if self.use_triton:
+                meta.decode_block_tables = self.block_table_tensor(decodes)
+                meta.decode_context_lens = torch.tensor([s.seq.num_computed_tokens + 1 for s in decodes],
+                                                        dtype=torch.int32, device=dev)
+            else:
+                meta.decode_group = self.group_metadata(decodes)
+        if prefills:
+            meta.prefill_group = self.group_metadata(prefills)
+        return (
+            torch.tensor(input_ids, dtype=torch.int64, device=dev),
+            torch.from_numpy(np.concatenate(positions)).to(dev, non_blocking=True),
+            meta,
+            torch.tensor(logits_indices, dtype=torch.int64, device=dev),
+        )
+
+    def block_table_tensor(self, batch: list[ScheduledSeq], width: int | None = None) -> torch.Tensor:
+        width = width or max(len(s.seq.block_table) for s in batch)
+        table = np.full((len(batch), width), NULL_BLOCK, dtype=np.int32)
+        for i, s in enumerate(batch):
+            table[i, : len(s.seq.block_table)] = s.seq.block_table
+        return torch.from_numpy(table).to(self.device, non_blocking=True)
+
+    def group_metadata(self, batch: list[ScheduledSeq]) -> GroupMetadata:
+        q_lens = np.array([s.num_new_tokens for s in batch])
+        starts = np.array([s.seq.num_computed_tokens for s in batch])
+        k_lens = starts + q_lens
+        max_q, max_k = int(q_lens.max()), int(k_lens.max())
+        q_index = np.concatenate([i * max_q + np.arange(n) for i, n in enumerate(q_lens)])
+        # Query row r of sequence i sits at absolute position starts[i] + r and sees keys 0..that position.
+        q_pos = starts[:, None] + np.arange(max_q)[None, :]
+        mask = np.arange(max_k)[None, None, :] <= q_pos[:, :, None]
+        mask[:, :, 0] = True  # padded query rows see one key, so their (discarded) softmax is finite
+        return GroupMetadata(
+            block_tables=self.block_table_tensor(batch, -(-max_k // self.block_size)),
+            q_index=torch.from_numpy(q_index).to(self.device, non_blocking=True),
+            mask=torch.from_numpy(mask[:, None]).to(self.device, non_blocking=True),
+            max_q_len=max_q,
+            max_k_len=max_k,
+        )

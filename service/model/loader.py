@@ -1,0 +1,128 @@
+"""Builds the model on the `meta` device and fills it with `load_state_dict(assign=True)`: from a Hugging
+Face directory through `safetensors`, or with seeded random weights for a named preset."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from service.errors import ModelLoadError
+from service.model.config import ModelConfig, from_hf_dict, read_hf_config
+from service.model.llama import LlamaForCausalLM
+from service.model.presets import PRESETS
+from service.tokenizer import load_tokenizer
+
+# Our fused parameters and the Hugging Face tensors they are concatenated from.
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    model: LlamaForCausalLM
+    config: ModelConfig
+    tokenizer: object
+    name: str
+    identity: dict  # what the fingerprint hashes: config.json and weight-file sizes
+
+
+def hf_sources(name: str) -> list[str]:
+    """The Hugging Face tensor names that our parameter `name` is built from."""
+    for ours, theirs in FUSED.items():
+        if f".{ours}." in name:
+            return [name.replace(ours, t) for t in theirs]
+    return [name]
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise ModelLoadError(f"{index}: malformed safetensors index: {e}") from None
+        return [model_dir / f for f in sorted(set(weight_map.values()))]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{model_dir}: no *.safetensors files (and no model.safetensors.index.json)")
+    return files
+
+
+def _read_hf_tensors(files: list[Path], device) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    tensors = {}
+    for f in files:
+        if not f.is_file():
+            raise ModelLoadError(f"{f}: weight file listed in the index is missing")
+        try:
+            with safe_open(str(f), framework="pt", device=str(device)) as st:
+                for key in st.keys():
+                    tensors[key] = (st.get_tensor(key), f.name)
+        except ModelLoadError:
+            raise
+        except Exception as e:
+            raise ModelLoadError(f"{f}: cannot read safetensors file: {e}") from None
+    return tensors
+
+
+def _state_dict_from_hf(model: LlamaForCausalLM, tensors: dict, dtype, device) -> dict[str, torch.Tensor]:
+    state = {}
+    for name, param in model.named_parameters():
+        sources = hf_sources(name)
+        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+            sources = ["model.embed_tokens.weight"]
+        parts = []
+        for src in sources:
+            if src not in tensors:
+                raise ModelLoadError(f"missing tensor {src!r} (needed for {name}) in the model's safetensors files")
+            parts.append(tensors[src][0])
+        value = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if tuple(value.shape) != tuple(param.shape):
+            shapes = ", ".join(f"{s} {tuple(tensors[s][0].shape)} in {tensors[s][1]}" for s in sources)
+            raise ModelLoadError(f"shape mismatch for {name}: expected {tuple(param.shape)} from config.json, got {shapes}")
+        state[name] = value.to(device=device, dtype=dtype)
+    return state
+
+
+def _random_state_dict(model: LlamaForCausalLM, seed: int, dtype, device) -> dict[str, torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    state = {}
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            state[name] = torch.ones(param.shape, dtype=dtype, device=device)
+        elif name.endswith(".bias"):
+            state[name] = torch.zeros(param.shape, dtype=dtype, device=device)
+        else:
+            w = torch.empty(param.shape, dtype=torch.float32, device=device).normal_(0.0, 0.02, generator=gen)
+            state[name] = w.to(dtype)
+    if model.config.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    return state
+
+
+def load_model(name: str, dtype: torch.dtype, device: torch.device, seed: int = 0) -> LoadedModel:
+    if name in PRESETS:
+        cfg, raw, model_dir = from_hf_dict(PRESETS[name], f"preset {name}"), PRESETS[name], None
+    else:
+        model_dir = Path(name)
+        if not model_dir.is_dir():
+            raise ModelLoadError(
+                f"model {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing directory"
+            )
+        cfg, raw = read_hf_config(model_dir)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    if model_dir is None:
+        state = _random_state_dict(model, seed, dtype, device)
+        identity = {"preset": name, "seed": seed, "config": raw}
+    else:
+        files = _weight_files(model_dir)
+        state = _state_dict_from_hf(model, _read_hf_tensors(files, device), dtype, device)
+        identity = {"config": raw, "weight_files": {f.name: f.stat().st_size for f in files}}
+    model.load_state_dict(state, assign=True, strict=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.eval().requires_grad_(False)
+    tokenizer = load_tokenizer(model_dir, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids)
+    return LoadedModel(model, cfg, tokenizer, name, identity)
