@@ -1,0 +1,115 @@
+"""`kvmemo controller`: turn the pods' reports into kv-cache plans in the kvmemo ConfigMaps."""
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+
+from controller.reconcile import POLICIES, Settings
+from service.publish.contract import PART_OF_LABEL
+
+log = logging.getLogger("kvmemo.controller")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `12h` or `7d`."""
+    unit = text[-1:] if text[-1:] in DURATION_UNITS else "s"
+    number = text[:-1] if text[-1:] in DURATION_UNITS else text
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"duration {text!r} is not a number with an optional s/m/h/d") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
+    return seconds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "default"),
+                        help="namespace to watch (default: $POD_NAMESPACE, else `default`)")
+    parser.add_argument("--label-selector", default=PART_OF_LABEL, help="which ConfigMaps hold kvmemo plans")
+    parser.add_argument("--policy", choices=POLICIES, default="fit-requested",
+                        help="fit-requested: the utilization the pods asked for; full: all free memory")
+    parser.add_argument("--headroom-percent", type=float, default=0.0, help="keep this share of the suggestion free")
+    parser.add_argument("--oom-step-percent", type=float, default=10.0,
+                        help="lower a plan by this much below the size that ran out of memory")
+    parser.add_argument("--plan-ttl", type=duration, default=duration("7d"),
+                        help="prune plans and reports whose fingerprint was not reported for this long")
+    parser.add_argument("--resync-period", type=duration, default=duration("5m"),
+                        help="list everything again this often (pruning needs time to pass, not events)")
+    parser.add_argument("--lease-name", default="kvmemo-controller")
+    parser.add_argument("--identity", default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}")
+    parser.add_argument("--lease-duration", type=duration, default=15.0)
+    parser.add_argument("--renew-deadline", type=duration, default=10.0)
+    parser.add_argument("--retry-period", type=duration, default=2.0)
+    parser.add_argument("--http-address", default="0.0.0.0")
+    parser.add_argument("--http-port", type=int, default=8081, help="/metrics, /healthz, /readyz")
+    parser.add_argument("--kubeconfig", default=None, help="default: in-cluster service account, else $KUBECONFIG")
+
+
+def load_client(kubeconfig: str | None):
+    from kubernetes import client, config
+
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    from kubernetes import client
+
+    from controller import http, metrics
+    from controller.leader import LeaderElector
+    from controller.loop import Reconciler
+    from controller.watch import ConfigMapWatcher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings(args.policy, args.headroom_percent, args.oom_step_percent, args.plan_ttl)
+        api = load_client(args.kubeconfig)
+    except Exception as exc:  # noqa: BLE001 - a bad flag or kubeconfig is a usage error
+        log.error("%s", exc)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+        raise SystemExit(0)  # interrupts the blocking watch read in the main thread
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    elector = LeaderElector(client.CoordinationV1Api(api), args.namespace, args.lease_name, args.identity,
+                            args.lease_duration, args.renew_deadline, args.retry_period,
+                            on_change=lambda leading: metrics.IS_LEADER.set(1 if leading else 0))
+    reconciler = Reconciler(client.CoreV1Api(api), settings, args.identity, elector.is_leader)
+    watcher = ConfigMapWatcher(client.CoreV1Api(api), args.namespace, args.label_selector, reconciler.handle,
+                               resync_seconds=args.resync_period)
+
+    def ready() -> tuple[bool, str]:
+        if not elector.reachable.is_set():
+            return False, "the apiserver did not answer the last lease request"
+        if elector.is_leader() and not watcher.synced.is_set():
+            return False, "leader, listing ConfigMaps"
+        return True, "leader" if elector.is_leader() else "standby"
+
+    server = http.serve(args.http_address, args.http_port, ready)
+    leader_thread = threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
+    leader_thread.start()
+    log.info("controller %s: namespace %s, selector %s, %s, metrics on :%d", args.identity, args.namespace,
+             args.label_selector, settings, server.server_address[1])
+    try:
+        while not stop.is_set():
+            if not elector.leading.wait(1.0):
+                continue
+            watcher.synced.clear()
+            watcher.run(elector.is_leader, stop)
+    finally:
+        stop.set()
+        leader_thread.join(timeout=10)  # releases the lease so a standby takes over at once
+        server.shutdown()
+    return 0
