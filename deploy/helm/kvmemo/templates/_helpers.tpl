@@ -16,13 +16,24 @@
 {{- printf "%s-controller" (include "kvmemo.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- /* Fixed names: the cluster-wide ValidatingAdmissionPolicy recognises the pods and the controller by
+these ServiceAccount names in any namespace, so there is one kvmemo release per namespace. */ -}}
+{{- define "kvmemo.serviceAccountName" -}}kvmemo{{- end }}
+{{- define "kvmemo.controllerServiceAccountName" -}}kvmemo-controller{{- end }}
+
 {{- define "kvmemo.configMapName" -}}
 {{- default (include "kvmemo.fullname" .) .Values.configMap.name }}
 {{- end }}
 
-{{- /* Labels shared by every object. helm.sh/chart and managed-by are left out on purpose: the
-kustomize base in deploy/manifests is these same objects, and must not claim Helm manages it. */ -}}
+{{- /* Labels shared by every object but the dashboard's ConfigMap (the controller watches ConfigMaps
+labelled part-of kvmemo). helm.sh/chart and managed-by are left out on purpose: the kustomize base in
+deploy/manifests is these same objects, and must not claim Helm manages it. */ -}}
 {{- define "kvmemo.labels" -}}
+{{ include "kvmemo.labelsWithoutPartOf" . }}
+app.kubernetes.io/part-of: kvmemo
+{{- end }}
+
+{{- define "kvmemo.labelsWithoutPartOf" -}}
 app.kubernetes.io/name: {{ include "kvmemo.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
