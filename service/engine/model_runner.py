@@ -67,6 +67,7 @@ class ModelRunner:
         self.graphs = None
 
     # --- one step -----------------------------------------------------------------------------------
+    @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> SamplerOutput:
         """Runs the model over the batch; returns one sampled token per sequence that samples, in order."""
         batch = sorted(batch, key=lambda s: s.num_new_tokens > 1)  # decodes first, then prefills

@@ -1,0 +1,71 @@
+"""CUDA graphs for pure-decode batches: one graph per capture size, captured largest first into one shared
+memory pool; a batch replays the smallest graph that fits it, with padded rows writing to the null block."""
+
+import numpy as np
+import torch
+
+from service.engine.attention import AttentionMetadata
+from service.engine.block_manager import NULL_BLOCK
+from service.engine.scheduler import ScheduledSeq
+
+
+class DecodeGraphs:
+    def __init__(self, runner, sizes: list[int]):
+        self.runner = runner
+        self.sizes = sorted(sizes)
+        max_bs, dev = self.sizes[-1], runner.device
+        self.input_ids = torch.zeros(max_bs, dtype=torch.int64, device=dev)
+        self.positions = torch.zeros(max_bs, dtype=torch.int64, device=dev)
+        self.slot_mapping = torch.zeros(max_bs, dtype=torch.int64, device=dev)
+        # Full width: a graph's kernels are shaped for the longest sequence the engine allows.
+        self.block_tables = torch.full((max_bs, runner.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32, device=dev)
+        self.context_lens = torch.ones(max_bs, dtype=torch.int32, device=dev)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        self.pool = None
+
+    def _forward(self, bs: int) -> torch.Tensor:
+        meta = AttentionMetadata(slot_mapping=self.slot_mapping[:bs], num_decode_tokens=bs,
+                                 decode_block_tables=self.block_tables[:bs], decode_context_lens=self.context_lens[:bs])
+        return self.runner.model(self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, meta)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        for bs in reversed(self.sizes):
+            self._forward(bs)  # warm up: compiles Triton kernels and sets up cuBLAS outside the graph
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                self.logits[bs] = self._forward(bs)
+            if self.pool is None:
+                self.pool = graph.pool()
+            self.graphs[bs] = graph
+        torch.cuda.synchronize()
+
+    def can_run(self, num_seqs: int) -> bool:
+        return num_seqs <= self.sizes[-1]
+
+    def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        n = len(batch)
+        bs = next(s for s in self.sizes if s >= n)
+        block_size = self.runner.block_size
+        width = max(len(s.seq.block_table) for s in batch)
+        tables = np.full((n, width), NULL_BLOCK, dtype=np.int32)
+        ids, positions, slots = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+        for i, s in enumerate(batch):
+            seq, pos = s.seq, s.seq.num_computed_tokens
+            tables[i, : len(seq.block_table)] = seq.block_table
+            ids[i] = seq.token_ids(pos, pos + 1)[0]
+            positions[i] = pos
+            slots[i] = seq.block_table[pos // block_size] * block_size + pos % block_size
+        dev = self.runner.device
+        self.input_ids[:n].copy_(torch.from_numpy(ids), non_blocking=True)
+        self.positions[:n].copy_(torch.from_numpy(positions), non_blocking=True)
+        self.slot_mapping[:n].copy_(torch.from_numpy(slots), non_blocking=True)
+        self.context_lens[:n].copy_(torch.from_numpy(positions + 1), non_blocking=True)
+        self.block_tables[:n, :width].copy_(torch.from_numpy(tables).to(dev), non_blocking=True)
+        if bs > n:  # padded rows: one token of context, K/V written into the null block
+            self.slot_mapping[n:bs].fill_(NULL_BLOCK * block_size)
+            self.context_lens[n:bs].fill_(1)
+        self.graphs[bs].replay()
+        return self.logits[bs][:n]

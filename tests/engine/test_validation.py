@@ -1,0 +1,78 @@
+"""Bad requests get a typed error that names the field and the limit; other requests keep running."""
+
+import pytest
+
+from service.engine.sampling import SamplingParams
+from service.errors import ConfigError, InvalidRequest
+from tests.engine.conftest import make_engine, run_to_completion
+
+
+@pytest.mark.parametrize(
+    "prompt, params, field, fragment",
+    [
+        ([], SamplingParams(), "prompt", "must not be empty"),
+        ([1] * 200, SamplingParams(), "prompt", "max_model_len=128"),
+        ([1, 2], SamplingParams(max_tokens=0), "max_tokens", "positive"),
+        ([1, 2], SamplingParams(max_tokens=-3), "max_tokens", "positive"),
+        ([1, 2], SamplingParams(temperature=-0.1), "temperature", "[0, 100]"),
+        ([1, 2], SamplingParams(temperature=float("nan")), "temperature", "[0, 100]"),
+        ([1, 2], SamplingParams(top_p=0.0), "top_p", "(0, 1]"),
+        ([1, 2], SamplingParams(top_p=1.5), "top_p", "(0, 1]"),
+        ([1, 2], SamplingParams(top_k=-1), "top_k", "positive"),
+        ([1, 2], SamplingParams(min_p=2.0), "min_p", "[0, 1]"),
+        ([1, 2], SamplingParams(logprobs=99), "logprobs", "[0, 20]"),
+        ([1, 320], SamplingParams(), "prompt_token_ids", "[0, 320)"),
+        ([1, -1], SamplingParams(), "prompt_token_ids", "[0, 320)"),
+        ([1, 2], SamplingParams(stop_token_ids=(999,)), "stop_token_ids", "[0, 320)"),
+        ([1, 2], SamplingParams(stop=("",)), "stop", "1 to 256"),
+    ],
+)
+def test_bad_request_names_field_and_limit_while_others_run(tiny_runner, prompt, params, field, fragment):
+    engine = make_engine(tiny_runner, max_model_len=128)
+    engine.add_request("good", [256, 1, 2, 3], SamplingParams(max_tokens=8, ignore_eos=True))
+    first = engine.step()
+    with pytest.raises(InvalidRequest) as err:
+        engine.add_request("bad", prompt, params)
+    assert err.value.field == field and fragment in str(err.value)
+    tokens, _, reasons = run_to_completion(engine)
+    assert reasons == {"good": "length"} and len(first[0].new_token_ids + tokens["good"]) == 8
+
+
+def test_duplicate_request_id_is_rejected(tiny_runner):
+    engine = make_engine(tiny_runner)
+    engine.add_request("a", [1, 2], SamplingParams())
+    with pytest.raises(InvalidRequest, match="already running"):
+        engine.add_request("a", [1, 2], SamplingParams())
+
+
+def test_kv_cache_too_small_for_one_sequence_names_the_numbers(tiny_runner):
+    with pytest.raises(ConfigError, match="fewer than the 65 that one max_model_len=1024"):
+        make_engine(tiny_runner, num_blocks=10)
+
+
+def test_stop_strings_and_stop_tokens(tiny_runner):
+    engine = make_engine(tiny_runner)
+    engine.add_request("free", [256, 104, 105], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+    tokens, texts, _ = run_to_completion(engine)
+    free_text, free_tokens = texts["free"], tokens["free"]
+    stop = free_text[5:8]
+    assert stop, "the tiny model's greedy text is too short for this test"
+
+    engine.add_request("s", [256, 104, 105], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, stop=(stop,)))
+    engine.add_request("t", [256, 104, 105], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True,
+                                                            stop_token_ids=(free_tokens[3],)))
+    tokens, texts, reasons = run_to_completion(engine)
+    assert texts["s"] == free_text[: free_text.index(stop)] and reasons["s"] == "stop"
+    assert tokens["t"] == free_tokens[: free_tokens.index(free_tokens[3]) + 1] and reasons["t"] == "stop"
+
+
+def test_logprobs_are_returned_per_token(tiny_runner):
+    engine = make_engine(tiny_runner)
+    engine.add_request("lp", [256, 1, 2], SamplingParams(max_tokens=3, temperature=0, logprobs=2, ignore_eos=True))
+    outs = []
+    while engine.has_unfinished():
+        outs += engine.step()
+    for out in outs:
+        (chosen, lp), *top = out.logprobs[0]
+        assert chosen == out.new_token_ids[0] and len(top) == 2 and lp <= 0
+        assert top[0][0] == chosen  # greedy: the chosen token is the most likely
