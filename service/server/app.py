@@ -1,0 +1,152 @@
+"""The gRPC server's life: listen (health NOT_SERVING), boot the engine, warm it, serve (SERVING), and on
+SIGTERM or SIGINT drain: NOT_SERVING, refuse new requests, let in-flight ones finish within the grace
+period, then stop."""
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service import metrics
+from service.boot import BootReport, build_engine
+from service.config import EngineConfig
+from service.engine.async_engine import AsyncEngine
+from service.engine.sampling import SamplingParams
+from service.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from service.proto.kvmemo.v1 import kvmemo_pb2, kvmemo_pb2_grpc
+from service.server.kserve import KServeServicer
+from service.server.kvmemo_api import KvmemoServicer
+from service.server.state import Limits, ServerState
+
+log = logging.getLogger("kvmemo.server")
+
+KVMEMO_SERVICE = kvmemo_pb2.DESCRIPTOR.services_by_name["KvmemoService"].full_name
+KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_NAMES = ("", KVMEMO_SERVICE, KSERVE_SERVICE)
+
+
+@dataclass(slots=True)
+class ServeOptions:
+    model_name: str
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_port: int = 8000
+    drain_grace_seconds: float = 30.0
+    limits: Limits = None
+
+
+def build_server(state: ServerState, health_servicer) -> grpc.aio.Server:
+    size = state.limits.max_message_bytes
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", size),
+                                      ("grpc.max_send_message_length", size)])
+    kvmemo_pb2_grpc.add_KvmemoServiceServicer_to_server(KvmemoServicer(state), server)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (KVMEMO_SERVICE, KSERVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    return server
+
+
+async def boot(config: EngineConfig, stop: asyncio.Event):
+    """build_engine on a daemon thread, so that a signal during boot can still end the process at once."""
+    loop = asyncio.get_running_loop()
+    booted = loop.create_future()
+
+    def run():
+        try:
+            result = build_engine(config)
+        except BaseException as e:  # handed to the event loop, which reports it
+            loop.call_soon_threadsafe(lambda: booted.done() or booted.set_exception(e))
+        else:
+            loop.call_soon_threadsafe(lambda: booted.done() or booted.set_result(result))
+
+    threading.Thread(target=run, name="kvmemo-boot", daemon=True).start()
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([booted, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    return booted.result() if booted.done() else None
+
+
+def publish_boot(state: ServerState, report: BootReport) -> None:
+    m = state.model_name
+    for phase, seconds in report.phase_seconds.items():
+        metrics.startup_phase_seconds.labels(m, phase).set(seconds)
+    metrics.kv_cache_memory_bytes.labels(m).set(report.kv_cache_memory_bytes)
+    metrics.kv_cache_blocks.labels(m, "total").set(state.llm.block_manager.num_usable_blocks)
+    metrics.kv_cache_blocks.labels(m, "free").set(state.llm.block_manager.num_free_blocks)
+    metrics.kv_cache_blocks.labels(m, "used").set(0)
+    metrics.kv_cache_usage_ratio.labels(m).set(0)
+
+
+async def warm_up(engine: AsyncEngine) -> None:
+    prompt = engine.engine.tokenizer.encode("warm up")
+    async for _ in engine.generate("kvmemo-warmup", prompt, SamplingParams(max_tokens=2, temperature=0)):
+        pass
+
+
+async def drain(state: ServerState, server: grpc.aio.Server, health_servicer, grace: float) -> None:
+    state.draining = True
+    await health_servicer.enter_graceful_shutdown()
+    log.info("draining: %d requests in flight, grace %.1f s", state.in_flight, grace)
+    deadline = time.monotonic() + grace
+    while state.in_flight > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if state.in_flight:
+        log.warning("grace period over; cancelling %d requests still in flight", state.in_flight)
+    await server.stop(grace=1.0)
+
+
+async def serve(config: EngineConfig, options: ServeOptions) -> int:
+    state = ServerState(options.model_name, config, options.limits or Limits())
+    health_servicer = health.aio.HealthServicer()
+    for name in HEALTH_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server = build_server(state, health_servicer)
+    address = f"{options.host}:{options.port}"
+    if server.add_insecure_port(address) == 0:
+        log.error("cannot listen on %s (in use, or not an address of this machine)", address)
+        return 1
+    await server.start()
+    metrics.serve(options.metrics_port, options.host)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        booted = await boot(config, stop)
+    except Exception as e:
+        log.error("the engine failed to start: %s", e)
+        await server.stop(grace=None)
+        return 1
+    if booted is None:
+        log.info("stopped during boot")
+        await server.stop(grace=None)
+        return 0
+    state.llm, state.report = booted
+    publish_boot(state, state.report)
+    state.engine = AsyncEngine(state.llm)
+    state.engine.on_step = state.on_step
+    state.engine.start()
+    await warm_up(state.engine)
+    state.ready = True
+    for name in HEALTH_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    blocks = state.llm.block_manager
+    log.info("serving %s and %s on %s: model %s (max_model_len %d), %d KV blocks of %d tokens (%d bytes, plan %s), "
+             "metrics on port %d", KVMEMO_SERVICE, KSERVE_SERVICE, address, state.model_name,
+             state.llm.max_model_len, blocks.num_usable_blocks, blocks.block_size,
+             state.report.kv_cache_memory_bytes, state.report.plan_source, options.metrics_port)
+
+    await stop.wait()
+    await drain(state, server, health_servicer, options.drain_grace_seconds)
+    state.engine.stop()
+    log.info("stopped")
+    return 0
