@@ -1,13 +1,22 @@
-"""One boot: load weights, decide the KV-cache size, allocate it, capture CUDA graphs. Each phase is timed."""
+"""One boot: load weights, decide the KV-cache size (flag, stored plan, or profiling), allocate it, capture
+CUDA graphs, then measure what non-KV memory really is and check the prediction. Each phase is timed."""
 
 import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
 
 from service.config import EngineConfig
 from service.engine.engine import LLMEngine
-from service.engine.model_runner import ModelRunner
+from service.engine.model_runner import ModelRunner, resolve_device
+from service.memory import planner, snapshot
+from service.memory.fingerprint import fingerprint, fingerprint_fields
+from service.memory.plan import PlanRecord, format_bytes, log_line
+from service.memory.profiler import dummy_prompt_lens, run_dummy_batch
+from service.memory.store import FilePlanStore
 
 log = logging.getLogger(__name__)
 
@@ -15,9 +24,16 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class BootReport:
     phase_seconds: dict[str, float] = field(default_factory=dict)
-    kv_cache_memory_bytes: int = 0
+    fingerprint: str = ""
+    plan_source: str = ""  # flag | file | configmap | profile
+    plan_reason: str = ""
+    record: PlanRecord | None = None  # measured components and suggestions, when known
+    kv_cache_memory_bytes: int = 0  # what was allocated
     num_blocks: int = 0
-    plan_source: str = "flag"  # flag | env | file | configmap | profile
+    actual_non_kv_bytes: int = 0
+    prediction_error_bytes: int | None = None  # actual - predicted non-KV, when a prediction exists
+    plan_stale: bool = False
+    baseline: snapshot.Snapshot | None = None
 
 
 @contextmanager
@@ -30,33 +46,83 @@ def timed(report: BootReport, phase: str):
         log.info("startup phase %s took %.2f s", phase, report.phase_seconds[phase])
 
 
-def build_engine(config: EngineConfig) -> tuple[LLMEngine, BootReport]:
+def file_store_for(config: EngineConfig) -> FilePlanStore | None:
+    if config.plan_store == "file" or (config.plan_store == "auto" and not config.configmap_name):
+        return FilePlanStore(Path(config.plan_dir) if config.plan_dir else None)
+    return None
+
+
+def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLMEngine, BootReport]:
+    """configmap_plan_reader: fp12 -> plan dict or None (the Kubernetes store), when configured."""
     report = BootReport()
     start = time.perf_counter()
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.init()
+    report.baseline = baseline = snapshot.take(device)
     with timed(report, "load_weights"):
         runner = ModelRunner(config)
+    loaded = snapshot.take(device)
+    weights = max(0, loaded.allocated - baseline.allocated)
+    report.fingerprint = fp = fingerprint(fingerprint_fields(
+        config, runner.loaded.identity, runner.dtype, runner.max_model_len, device, baseline.total))
+    log.info("fingerprint %s (%s, %s, max_model_len=%d)", fp[:12], config.model, runner.dtype, runner.max_model_len)
+
+    file_store = file_store_for(config)
     with timed(report, "profile"):
-        kv_bytes = config.kv_cache_memory_bytes or default_kv_bytes(runner)
+        configmap_plan = configmap_plan_reader(fp[:12]) if configmap_plan_reader else None
+        decision = planner.decide(config, runner, baseline, loaded.free, weights, fp, file_store, configmap_plan)
+    report.plan_source, report.plan_reason, report.record = decision.source, decision.reason, decision.record
+    if decision.source != "profile":
+        log.info("skipped profiling: KV cache of %s from %s", format_bytes(decision.kv_cache_memory_bytes),
+                 decision.reason)
+
     with timed(report, "allocate_kv"):
-        engine = LLMEngine(config, runner, num_blocks=runner.num_blocks_for(kv_bytes))
+        kv_bytes = decision.kv_cache_memory_bytes
+        if kv_bytes > planner.useful_kv_bytes(runner):
+            kv_bytes = planner.useful_kv_bytes(runner)
+            log.info("KV cache capped at %s: max_num_seqs=%d sequences of max_model_len=%d can use no more",
+                     format_bytes(kv_bytes), config.max_num_seqs, runner.max_model_len)
+        num_blocks = runner.num_blocks_for(kv_bytes)
+        engine = LLMEngine(config, runner, num_blocks=num_blocks)
+    report.num_blocks = num_blocks
+    report.kv_cache_memory_bytes = num_blocks * runner.bytes_per_block
+
     with timed(report, "capture_graphs"):
-        capture_graphs(runner, config)
+        if device.type == "cuda" and not config.enforce_eager:
+            from service.engine.cuda_graphs import DecodeGraphs
+
+            runner.graphs = DecodeGraphs(runner, config.cuda_graph_sizes)
+            runner.graphs.capture()
+        # One batch of the profiled shape brings the allocator to its serving peak before requests come.
+        run_dummy_batch(runner, dummy_prompt_lens(config.max_num_batched_tokens, config.max_num_seqs,
+                                                  runner.max_model_len)[: max(1, num_blocks // runner.max_blocks_per_seq)])
     report.phase_seconds["total"] = time.perf_counter() - start
-    report.kv_cache_memory_bytes = kv_bytes
-    report.num_blocks = engine.block_manager.num_blocks
+    check_prediction(report, snapshot.take(device), config, file_store)
+    if report.record is not None:
+        log.info(log_line(report.record, report.kv_cache_memory_bytes))
     return engine, report
 
 
-def default_kv_bytes(runner: ModelRunner) -> int:
-    # Until the memory profiler decides: room for every sequence at full length.
-    blocks = runner.config.max_num_seqs * runner.max_blocks_per_seq + 1
-    return blocks * runner.bytes_per_block
-
-
-def capture_graphs(runner: ModelRunner, config: EngineConfig) -> None:
-    if runner.device.type != "cuda" or config.enforce_eager:
+def check_prediction(report: BootReport, now: snapshot.Snapshot, config: EngineConfig, store) -> None:
+    """Actual non-KV memory after capture against the prediction; a miss beyond the safety margin marks the
+    plan stale so that the next boot profiles again."""
+    if now.device == "cpu":
+        report.actual_non_kv_bytes = now.allocated - report.baseline.allocated - report.kv_cache_memory_bytes
+    else:
+        report.actual_non_kv_bytes = report.baseline.free - now.free - report.kv_cache_memory_bytes
+    record = report.record
+    if record is None:
         return
-    from service.engine.cuda_graphs import DecodeGraphs
-
-    runner.graphs = DecodeGraphs(runner, config.cuda_graph_sizes)
-    runner.graphs.capture()
+    report.prediction_error_bytes = report.actual_non_kv_bytes - record.components.non_kv
+    log.info("non-KV memory: predicted %s, measured %s after capture (error %+d bytes)",
+             format_bytes(record.components.non_kv), format_bytes(report.actual_non_kv_bytes),
+             report.prediction_error_bytes)
+    if report.prediction_error_bytes > record.safety_bytes:
+        record.stale = report.plan_stale = True
+        log.warning("measured non-KV memory exceeds the prediction by more than the safety margin (%s); the plan "
+                    "is marked stale and the next boot profiles again", format_bytes(record.safety_bytes))
+    if store is not None and (report.plan_source == "profile" or record.stale):
+        path = store.save(record)
+        log.info("plan record written to %s", path)

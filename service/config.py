@@ -28,6 +28,13 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False
     cuda_graph_sizes: list[int] | None = None  # None: default_capture_sizes(max_num_seqs)
+    # Memory planning (service/boot.py, service/memory/).
+    kv_cache_policy: str = "fit-requested"  # which profiled suggestion to use: fit-requested | full
+    kv_cache_safety_bytes: int | None = None  # None: DEFAULT_SAFETY_BYTES for the device type
+    plan_store: str = "auto"  # auto (configmap when configmap_name is set, else file) | file | configmap | none
+    plan_dir: str | None = None  # file store directory; None: ~/.cache/kvmemo/plans
+    plan_free_tolerance_bytes: int = 512 << 20  # a stored plan applies while free-at-start >= recorded - this
+    configmap_name: str | None = None
 
     def __post_init__(self):
         if self.max_num_seqs < 1:
@@ -44,6 +51,12 @@ class EngineConfig:
             raise ConfigError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype}")
+        if self.kv_cache_policy not in ("fit-requested", "full"):
+            raise ConfigError(f"kv_cache_policy must be fit-requested or full, got {self.kv_cache_policy!r}")
+        if self.plan_store not in ("auto", "file", "configmap", "none"):
+            raise ConfigError(f"plan_store must be auto, file, configmap or none, got {self.plan_store!r}")
+        if self.kv_cache_safety_bytes is not None and self.kv_cache_safety_bytes < 0:
+            raise ConfigError(f"kv_cache_safety_bytes must be >= 0, got {self.kv_cache_safety_bytes}")
         if self.cuda_graph_sizes is None:
             self.cuda_graph_sizes = default_capture_sizes(self.max_num_seqs)
         else:

@@ -150,17 +150,20 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scal
     _check(q, k_cache, v_cache, block_tables, context_lens)
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    if head_dim & (head_dim - 1) or block_size & (block_size - 1):
-        raise ValueError(f"head_dim ({head_dim}) and block_size ({block_size}) must be powers of two")
-    if q.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
-        raise ValueError("q, k_cache and v_cache need a contiguous last (head_dim) dimension")
+    if head_dim < 16 or head_dim & (head_dim - 1) or block_size & (block_size - 1):
+        raise ValueError(f"head_dim ({head_dim}) must be a power of two >= 16 (tl.dot) and block_size "
+                         f"({block_size}) a power of two; use paged_decode_attention_reference otherwise")
     if out is None:
         out = torch.empty_like(q)
+    if any(t.stride(-1) != 1 for t in (q, k_cache, v_cache, out)):
+        raise ValueError("q, k_cache, v_cache and out need a contiguous last (head_dim) dimension")
+    if num_seqs == 0:
+        return out
     group = num_heads // num_kv_heads
-    if tile_n is None:  # 64 tokens of K and V per step; a whole block when blocks are larger
-        tile_n = max(block_size, 64 if head_dim <= 128 else 32)
-    if num_stages is None:
-        num_stages = 3 if head_dim <= 128 else 2
+    if tile_n is None:  # 16 KB of K and of V per step in bf16; a tile may span blocks or part of one
+        tile_n = 64 if head_dim <= 128 else 32
+    if num_stages is None:  # as many K/V tiles in flight as fit in ~160 KB of shared memory, up to 3
+        num_stages = max(1, min(3, 160 * 1024 // (2 * tile_n * head_dim * q.element_size())))
     max_tokens = block_tables.shape[1] * block_size
     splits, split_len = _split_plan(num_seqs, num_kv_heads, max_tokens, tile_n, q.device, num_splits)
     direct = splits == 1

@@ -42,6 +42,7 @@ class ConfigMapStore:
     api: object  # kubernetes.client.ApiClient
     request_timeout: float = 5.0
     max_conflict_retries: int = 10
+    conflicts: int = 0  # 409s seen, for tests and benchmarks
 
     @classmethod
     def from_environment(cls, name: str, kubeconfig: str | None = None, **kwargs) -> "ConfigMapStore":
@@ -118,6 +119,7 @@ class ConfigMapStore:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
+                self.conflicts += 1
             time.sleep(min(1.0, 0.01 * 2 ** attempt) * random.uniform(0.5, 1.5))
         raise PublishError(f"{key} in ConfigMap {self.namespace}/{self.name}: still conflicting after "
                            f"{self.max_conflict_retries} attempts")

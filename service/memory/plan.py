@@ -1,0 +1,107 @@
+"""The plan record: what profiling measured and the two KV-cache sizes it suggests, schema-versioned.
+
+    requested     = ceil(gpu_memory_utilization x total)
+    non_kv        = weights + activation_peak + non_torch + cudagraph
+    fit_requested = requested - non_kv - safety
+    full          = free_at_start - non_kv - safety
+"""
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import service
+
+SCHEMA = 1
+POLICIES = ("fit-requested", "full")
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+@dataclass(slots=True)
+class Components:
+    weights: int
+    activation_peak: int
+    non_torch: int
+    cudagraph: int
+
+    @property
+    def non_kv(self) -> int:
+        return self.weights + self.activation_peak + self.non_torch + self.cudagraph
+
+
+@dataclass(slots=True)
+class Suggestions:
+    fit_requested_bytes: int
+    full_bytes: int
+
+    def for_policy(self, policy: str) -> int:
+        return self.full_bytes if policy == "full" else self.fit_requested_bytes
+
+
+def requested_bytes(utilization: float, total: int) -> int:
+    return math.ceil(utilization * total)
+
+
+def suggest(total: int, free_at_start: int, utilization: float, components: Components, safety: int) -> Suggestions:
+    non_kv = components.non_kv
+    return Suggestions(
+        fit_requested_bytes=requested_bytes(utilization, total) - non_kv - safety,
+        full_bytes=free_at_start - non_kv - safety,
+    )
+
+
+@dataclass(slots=True)
+class PlanRecord:
+    fingerprint: str
+    device: str
+    total_bytes: int
+    free_at_start_bytes: int
+    gpu_memory_utilization: float
+    requested_bytes: int
+    components: Components
+    safety_bytes: int
+    suggestions: Suggestions
+    seconds: float  # how long profiling took
+    schema: int = SCHEMA
+    engine_version: str = service.__version__
+    created_at: float = field(default_factory=time.time)
+    stale: bool = False  # set when a boot measured more non-KV memory than predicted
+    ooms: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PlanRecord":
+        """Raises ValueError for anything that is not a plan record of this schema."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ValueError(f"not a schema-{SCHEMA} plan record")
+        try:
+            record = cls(**{**data, "components": Components(**data["components"]),
+                            "suggestions": Suggestions(**data["suggestions"])})
+        except (TypeError, KeyError) as e:
+            raise ValueError(f"malformed plan record: {e}") from None
+        numbers = [record.total_bytes, record.free_at_start_bytes, *asdict(record.components).values()]
+        if any(not isinstance(n, int) or n < 0 for n in numbers):
+            raise ValueError("plan record has negative or non-integer byte counts")
+        return record
+
+
+def format_bytes(n: int) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def log_line(record: PlanRecord, kv_in_use: int) -> str:
+    """One line a person can act on, like vLLM's."""
+    c, s = record.components, record.suggestions
+    return (
+        f"Free memory on {record.device} at start: {format_bytes(record.free_at_start_bytes)} of "
+        f"{format_bytes(record.total_bytes)}. Requested utilization {record.gpu_memory_utilization} = "
+        f"{format_bytes(record.requested_bytes)}. Measured: weights {format_bytes(c.weights)}, peak activation "
+        f"{format_bytes(c.activation_peak)}, non-torch {format_bytes(c.non_torch)}, CUDA graphs "
+        f"{format_bytes(c.cudagraph)}, safety {format_bytes(record.safety_bytes)}. Use "
+        f"--kv-cache-memory-bytes={s.fit_requested_bytes} to fit the requested utilization, or "
+        f"--kv-cache-memory-bytes={s.full_bytes} to use the whole device. KV cache in use: "
+        f"{format_bytes(kv_in_use)} (fingerprint {record.fingerprint[:12]})."
+    )

@@ -1,0 +1,105 @@
+"""Decides the KV-cache size for a boot: the flag, else a stored plan that passes its checks, else
+profiling. Every decision says why, in the log."""
+
+import logging
+from dataclasses import dataclass
+
+from service.config import EngineConfig
+from service.errors import ConfigError
+from service.memory import profiler
+from service.memory.plan import MiB, PlanRecord, format_bytes, requested_bytes, suggest
+from service.memory.snapshot import Snapshot
+from service.memory.store import FilePlanStore
+
+log = logging.getLogger(__name__)
+
+# Chosen from the GPU measurements in bench/results/memory-*.json: the largest non-KV prediction error
+# seen there, rounded up. On CPU the allocator returns memory to the OS, and 64 MiB covers RSS jitter.
+DEFAULT_SAFETY_BYTES = {"cuda": 256 * MiB, "cpu": 64 * MiB}
+
+
+@dataclass(slots=True)
+class KVDecision:
+    kv_cache_memory_bytes: int
+    source: str  # flag | file | configmap | profile
+    record: PlanRecord | None  # what profiling measured (profiled boots and file plans)
+    reason: str
+
+
+def safety_bytes(config: EngineConfig, device_type: str) -> int:
+    if config.kv_cache_safety_bytes is not None:
+        return config.kv_cache_safety_bytes
+    return DEFAULT_SAFETY_BYTES.get(device_type, DEFAULT_SAFETY_BYTES["cuda"])
+
+
+def useful_kv_bytes(runner) -> int:
+    """More KV cache than max_num_seqs sequences of max_model_len can fill is never allocated."""
+    return (runner.config.max_num_seqs * runner.max_blocks_per_seq + 1) * runner.bytes_per_block
+
+
+def check_kv_bytes(value: int, runner, free_after_weights: int) -> str | None:
+    """What is wrong with value as a KV-cache size, or None."""
+    lowest = (runner.max_blocks_per_seq + 1) * runner.bytes_per_block
+    if value < lowest:
+        return (f"{value} bytes is below one max_model_len={runner.max_model_len} sequence's worth of "
+                f"{runner.max_blocks_per_seq} blocks plus the reserved one ({lowest} bytes)")
+    if value > free_after_weights:
+        return f"{value} bytes exceeds the {free_after_weights} bytes free after loading the weights"
+    return None
+
+
+def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights: int, weights: int, fp: str,
+           file_store: FilePlanStore | None, configmap_plan: dict | None) -> KVDecision:
+    if config.kv_cache_memory_bytes is not None:
+        problem = check_kv_bytes(config.kv_cache_memory_bytes, runner, free_after_weights)
+        if problem:
+            raise ConfigError(f"--kv-cache-memory-bytes={config.kv_cache_memory_bytes}: {problem}")
+        return KVDecision(config.kv_cache_memory_bytes, "flag", None, "set by --kv-cache-memory-bytes")
+
+    reasons = []
+    candidates = []
+    if configmap_plan is not None:
+        candidates.append(("configmap", configmap_plan.get("kv_cache_memory_bytes"),
+                           configmap_plan.get("free_at_start_bytes"), None))
+    elif config.configmap_name:
+        reasons.append(f"no kv-cache-plan.{fp[:12]} in ConfigMap {config.configmap_name}")
+    if file_store is not None:
+        record = file_store.load(fp)
+        if record is None:
+            reasons.append(f"no plan file {file_store.path(fp)}")
+        elif record.stale:
+            reasons.append(f"plan file {file_store.path(fp)} is marked stale (a boot measured more than it predicted)")
+        else:
+            candidates.append(("file", record.suggestions.for_policy(config.kv_cache_policy),
+                               record.free_at_start_bytes, record))
+    for source, kv, recorded_free, record in candidates:
+        if not isinstance(kv, int) or not isinstance(recorded_free, int):
+            reasons.append(f"the {source} plan is malformed")
+            continue
+        if baseline.free < recorded_free - config.plan_free_tolerance_bytes:
+            reasons.append(f"the {source} plan was measured with {format_bytes(recorded_free)} free at start, "
+                           f"now {format_bytes(baseline.free)} (tolerance {format_bytes(config.plan_free_tolerance_bytes)})")
+            continue
+        problem = check_kv_bytes(min(kv, useful_kv_bytes(runner)), runner, free_after_weights)
+        if problem:
+            reasons.append(f"the {source} plan fails its checks: {problem}")
+            continue
+        return KVDecision(kv, source, record, f"stored {source} plan for fingerprint {fp[:12]}")
+
+    log.info("profiling memory: %s", "; ".join(reasons) or "no plan store is configured")
+    components, seconds = profiler.profile(runner, baseline, weights)
+    safety = safety_bytes(config, runner.device.type)
+    record = PlanRecord(
+        fingerprint=fp, device=baseline.device, total_bytes=baseline.total, free_at_start_bytes=baseline.free,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        requested_bytes=requested_bytes(config.gpu_memory_utilization, baseline.total), components=components,
+        safety_bytes=safety, suggestions=suggest(baseline.total, baseline.free, config.gpu_memory_utilization,
+                                                 components, safety),
+        seconds=seconds,
+    )
+    kv = record.suggestions.for_policy(config.kv_cache_policy)
+    problem = check_kv_bytes(min(kv, useful_kv_bytes(runner)), runner, free_after_weights)
+    if problem:
+        raise ConfigError(f"profiling suggests a {config.kv_cache_policy} KV cache of {kv} bytes, but {problem}; "
+                          f"lower max_model_len or max_num_batched_tokens, or raise gpu_memory_utilization")
+    return KVDecision(kv, "profile", record, "; ".join(reasons) or "no plan store is configured")

@@ -1,0 +1,100 @@
+"""Profiling: peak activation from a dummy batch of max_num_batched_tokens plus a sampler pass over
+max_num_seqs rows; memory outside the allocator; and the CUDA-graph pool, measured by capturing the real
+decode graphs against a minimal KV cache whose block tables have their full width."""
+
+import gc
+import logging
+import time
+
+import torch
+
+from service.engine.block_manager import BlockManager
+from service.engine.sampler import SamplingBatch, sample
+from service.engine.sampling import SamplingParams
+from service.engine.scheduler import ScheduledSeq
+from service.engine.sequence import Sequence
+from service.memory import snapshot
+from service.memory.host import process_rss, reset_peak_rss
+from service.memory.plan import Components
+
+log = logging.getLogger(__name__)
+
+
+def dummy_prompt_lens(max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int) -> list[int]:
+    """max_num_batched_tokens split as evenly as possible over min(that, max_num_seqs) requests."""
+    n = min(max_num_batched_tokens, max_num_seqs)
+    lens = [max_num_batched_tokens // n + (1 if i < max_num_batched_tokens % n else 0) for i in range(n)]
+    return [min(length, max_model_len - 1) for length in lens]
+
+
+def blocks_for(lens: list[int], block_size: int) -> int:
+    return sum(-(-n // block_size) for n in lens) + 1
+
+
+@torch.inference_mode()
+def run_dummy_batch(runner, lens: list[int]) -> None:
+    """One prefill of len(lens) requests through the runner's KV cache, then a sampler pass over
+    max_num_seqs rows with top-k and top-p on."""
+    blocks = BlockManager(runner.kv_caches[0][0].shape[0], runner.block_size)
+    greedy = SamplingParams(max_tokens=1, temperature=0)
+    batch = []
+    for i, n in enumerate(lens):
+        seq = Sequence(f"dummy-{i}", [i % runner.model_config.vocab_size] * n, greedy)
+        blocks.allocate(seq, n)
+        batch.append(ScheduledSeq(seq, n))
+    runner.run(batch)
+    rows = runner.config.max_num_seqs
+    logits = torch.randn(rows, runner.model_config.vocab_size, device=runner.device)
+    sample(logits, SamplingBatch([SamplingParams(temperature=1.0, top_k=50, top_p=0.9)] * rows, [0] * rows))
+
+
+def measure_activation_peak(runner) -> int:
+    cfg = runner.config
+    lens = dummy_prompt_lens(cfg.max_num_batched_tokens, cfg.max_num_seqs, runner.max_model_len)
+    runner.allocate_kv_cache(blocks_for(lens, runner.block_size))
+    try:
+        if runner.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            run_dummy_batch(runner, lens)
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - before
+        gc.collect()
+        before, _ = process_rss()
+        reset_peak_rss()
+        run_dummy_batch(runner, lens)
+        _, peak = process_rss()
+        return max(0, peak - before)
+    finally:
+        runner.free_kv_cache()
+
+
+def measure_cudagraph(runner) -> int:
+    """Device bytes that capturing every decode graph takes (pool and graph objects), then released."""
+    if runner.device.type != "cuda" or runner.config.enforce_eager:
+        return 0
+    from service.engine.cuda_graphs import DecodeGraphs
+
+    runner.allocate_kv_cache(2)
+    try:
+        torch.cuda.empty_cache()
+        before = snapshot.take(runner.device).free
+        graphs = DecodeGraphs(runner, runner.config.cuda_graph_sizes)
+        graphs.capture()
+        after = snapshot.take(runner.device).free
+        del graphs
+        return max(0, before - after)
+    finally:
+        runner.free_kv_cache()
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def profile(runner, baseline: snapshot.Snapshot, weights: int) -> tuple[Components, float]:
+    start = time.perf_counter()
+    activation = measure_activation_peak(runner)
+    non_torch = max(0, snapshot.take(runner.device).non_torch - baseline.non_torch) if runner.device.type == "cuda" else 0
+    cudagraph = measure_cudagraph(runner)
+    return Components(weights, activation, non_torch, cudagraph), time.perf_counter() - start
