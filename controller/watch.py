@@ -83,6 +83,7 @@ class ConfigMapWatcher:
                 if not keep_going():
                     break
         finally:
+            resp.close()  # a half-read stream must not go back to the pool
             resp.release_conn()
         return resource_version
 

@@ -89,9 +89,10 @@ class ConfigMapStore:
             return None
         return plan
 
-    def merge_report(self, report: dict) -> dict:
-        """Merge a profiler record into kvmemo.io/report.<fp12>; returns what was written."""
-        report = new_report(report, self.pod_name) if "schema" not in report else report
+    def merge_report(self, record) -> dict:
+        """Merge a profiler record (a PlanRecord or its to_json() dict) into kvmemo.io/report.<fp12>;
+        returns what was written."""
+        report = new_report(record.to_json() if hasattr(record, "to_json") else record, self.pod_name)
         fp12 = check_fp12(report["fingerprint"][:12])
         return self._update_annotation(report_key(fp12), lambda raw: merge_reports(raw, report))
 
