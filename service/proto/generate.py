@@ -19,6 +19,10 @@ PROTOS = ["kvmemo/v1/kvmemo.proto", "inference/model_config.proto", "inference/g
 PACKAGES = ["kvmemo", "kvmemo/v1", "inference"]
 # `from kvmemo.v1 import kvmemo_pb2 as x` -> `from . import kvmemo_pb2 as x` (every import is within its folder)
 IMPORT = re.compile(r"^from (kvmemo\.v1|inference) import (\w+_pb2)", re.MULTILINE)
+# The inference package goes into a descriptor pool of its own (service/proto/_pool.py says why).
+POOL = ("_descriptor_pool.Default().AddSerializedFile(", "_pool.INFERENCE.AddSerializedFile(")
+POOL_IMPORT = ("from google.protobuf.internal import builder as _builder\n",
+               "from google.protobuf.internal import builder as _builder\nfrom .. import _pool\n")
 
 
 def generate(out: Path) -> list[Path]:
@@ -30,9 +34,12 @@ def generate(out: Path) -> list[Path]:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr}")
     for package in PACKAGES:
         (out / package / "__init__.py").touch()
-    files = sorted(p for p in out.rglob("*") if p.suffix in (".py", ".pyi") and p.name != "generate.py")
+    files = sorted(p for p in out.rglob("*") if p.suffix in (".py", ".pyi") and p.name not in ("generate.py", "_pool.py"))
     for path in files:
-        path.write_text(IMPORT.sub(r"from . import \2", path.read_text()))
+        text = IMPORT.sub(r"from . import \2", path.read_text())
+        if path.parent.name == "inference" and path.name.endswith("_pb2.py"):
+            text = text.replace(*POOL).replace(*POOL_IMPORT)
+        path.write_text(text)
     return [p.relative_to(out) for p in files if p.name != "__init__.py" or p.parent != out]
 
 

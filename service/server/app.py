@@ -11,14 +11,15 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service import metrics
 from service.boot import BootReport, build_engine
 from service.config import EngineConfig
 from service.engine.async_engine import AsyncEngine
 from service.engine.sampling import SamplingParams
-from service.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from service.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
 from service.proto.kvmemo.v1 import kvmemo_pb2, kvmemo_pb2_grpc
 from service.server.kserve import KServeServicer
 from service.server.kvmemo_api import KvmemoServicer
@@ -50,8 +51,16 @@ def build_server(state: ServerState, health_servicer) -> grpc.aio.Server:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (KVMEMO_SERVICE, KSERVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
+    reflection.enable_server_reflection(names, server, pool=reflection_pool())
     return server
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """Every served file in one pool (the inference files live outside protobuf's default pool)."""
+    pool = descriptor_pool.DescriptorPool()
+    for module in (kvmemo_pb2, model_config_pb2, grpc_service_pb2, health_pb2, reflection_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool
 
 
 async def boot(config: EngineConfig, stop: asyncio.Event):
