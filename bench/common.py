@@ -1,0 +1,57 @@
+"""What every benchmark records beside its numbers: device, versions, command and date."""
+
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu-{platform.processor() or platform.machine()}"
+
+
+def device_slug() -> str:
+    return device_name().lower().replace("nvidia ", "").replace(" ", "-")
+
+
+def environment() -> dict:
+    env = {"device": device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "python": platform.python_version(), "command": " ".join(["python3"] + sys.argv),
+           "date": datetime.date.today().isoformat()}
+    for name in ("triton", "transformers", "grpc"):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception:
+            pass
+    return env
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+
+
+def measure_copy_bandwidth_gb_s(num_bytes: int = 2 << 30) -> float | None:
+    """Device-to-device copy bandwidth (read + write bytes per second), the ceiling decode is measured against."""
+    if not torch.cuda.is_available():
+        return None
+    src = torch.empty(num_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000 / 10
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * num_bytes / seconds / 1e9

@@ -1,0 +1,139 @@
+"""Does the measured plan hold? For each model and CUDA-graph setting: a cold boot that profiles (policy
+`full`), the prediction error of non-KV memory after capture and after a max-concurrency soak at that size,
+OOMs and peak device memory during the soak, then a warm boot from the stored plan. Each boot runs in its own
+process, as a restarted pod would.
+
+    PYTHONPATH=. python3 bench/memory.py --out bench/results/memory.json
+"""
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import environment, write_json  # noqa: E402
+from service.boot import build_engine  # noqa: E402
+from service.config import EngineConfig  # noqa: E402
+from service.engine.sampling import SamplingParams  # noqa: E402
+from service.memory import snapshot  # noqa: E402
+
+CASES = [  # model, max_model_len: long enough that the KV cache is never capped below the `full` size
+    ("llama-3-8b", 2048),
+    ("qwen3-0.6b", 4096),
+]
+
+
+def config_for(args) -> EngineConfig:
+    return EngineConfig(model=args.model, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                        max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=not args.graphs,
+                        kv_cache_policy="full", plan_store="file", plan_dir=args.plan_dir)
+
+
+def soak(engine, seconds: float, seed: int = 0) -> dict:
+    """Keeps more requests in flight than max_num_seqs, with prompts and outputs long enough to fill the KV
+    cache, for `seconds`; tracks the peak device memory in use."""
+    rng = random.Random(seed)
+    limit = engine.max_model_len
+    vocab = engine.model_config.vocab_size
+    in_flight, next_id, completed, peak_used = set(), 0, 0, 0
+    device = engine.runner.device
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        while len(in_flight) < engine.config.max_num_seqs + 16:
+            prompt_len = rng.randint(limit // 4, limit // 2)
+            params = SamplingParams(max_tokens=rng.randint(limit // 8, limit // 2 - 1), temperature=0.8,
+                                    top_p=0.95, top_k=50, ignore_eos=True)
+            engine.add_request(str(next_id), [rng.randrange(10, vocab) for _ in range(prompt_len)], params)
+            in_flight.add(str(next_id))
+            next_id += 1
+        for out in engine.step():
+            if out.finished:
+                in_flight.discard(out.request_id)
+                completed += 1
+        peak_used = max(peak_used, snapshot.take(device).used)
+    for rid in list(in_flight):
+        engine.abort(rid)
+    return {"requests_completed": completed, "peak_used_bytes": peak_used, "ooms": engine.num_ooms,
+            "preemptions": engine.scheduler.num_preemptions}
+
+
+def run_boot(args) -> dict:
+    engine, report = build_engine(config_for(args))
+    row = {"plan_source": report.plan_source, "ready_s": report.phase_seconds["total"],
+           "phase_seconds": report.phase_seconds, "kv_cache_memory_bytes": report.kv_cache_memory_bytes,
+           "prediction_error_bytes": report.prediction_error_bytes, "actual_non_kv_bytes": report.actual_non_kv_bytes,
+           "plan_stale": report.plan_stale}
+    if report.record is not None:
+        row.update(components=report.record.to_json()["components"],
+                   suggestions=report.record.to_json()["suggestions"], safety_bytes=report.record.safety_bytes,
+                   total_bytes=report.record.total_bytes, free_at_start_bytes=report.record.free_at_start_bytes)
+    if args.soak > 0:
+        row.update(soak(engine, args.soak))
+        now = snapshot.take(engine.runner.device)
+        actual = report.baseline.free - now.free - report.kv_cache_memory_bytes
+        row["actual_non_kv_after_run_bytes"] = actual
+        if report.record is not None:
+            row["prediction_error_after_run_bytes"] = actual - report.record.components.non_kv
+        row["peak_used_ratio"] = row["peak_used_bytes"] / report.baseline.total
+    return row
+
+
+def boot_in_subprocess(args, model, max_model_len, graphs, plan_dir, soak_s) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [sys.executable, __file__, "--single", "--model", model, "--max-model-len", str(max_model_len),
+               "--graphs" if graphs else "--no-graphs", "--plan-dir", plan_dir, "--soak", str(soak_s),
+               "--max-num-seqs", str(args.max_num_seqs), "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+               "--out", f.name]
+        subprocess.run(cmd, check=True)
+        return json.loads(Path(f.name).read_text())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--single", action="store_true", help="one boot (used by the parent run)")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--cases", default=None, help="model:graphs:soak_seconds,... (default: every case, 300 s)")
+    ap.add_argument("--plan-dir", default=None)
+    ap.add_argument("--soak", type=float, default=300)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    args = ap.parse_args()
+    if args.single:
+        Path(args.out).write_text(json.dumps(run_boot(args)))
+        return
+
+    lens = dict(CASES)
+    cases = [(m, g, args.soak) for m, _ in CASES for g in (True, False)]
+    if args.cases:
+        cases = [(m, g == "on", float(s)) for m, g, s in (c.split(":") for c in args.cases.split(","))]
+    env = environment()
+    rows = []
+    for model, graphs, soak_s in cases:
+        with tempfile.TemporaryDirectory() as plan_dir:
+            cold = boot_in_subprocess(args, model, lens.get(model, args.max_model_len), graphs, plan_dir, soak_s)
+            warm = boot_in_subprocess(args, model, lens.get(model, args.max_model_len), graphs, plan_dir, 0)
+        row = dict(env, model=model, cudagraphs=graphs, soak_seconds=soak_s,
+                   prediction_error_bytes=cold["prediction_error_bytes"],
+                   prediction_error_after_run_bytes=cold.get("prediction_error_after_run_bytes"),
+                   ooms=cold.get("ooms"), peak_used_ratio=cold.get("peak_used_ratio"),
+                   cold_ready_s=cold["ready_s"], warm_ready_s=warm["ready_s"],
+                   profile_s=cold["phase_seconds"]["profile"], warm_plan_source=warm["plan_source"],
+                   cold=cold, warm=warm)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("cold", "warm")}), flush=True)
+        write_json(args.out, {"benchmark": "memory", "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Offline throughput of the engine on seeded random prompts with ignore_eos, against Hugging Face
+transformers' continuous batching (`generate_batch`) on the same workloads, run in a subprocess of the same
+run so that the two never share the GPU.
+
+    PYTHONPATH=. python3 bench/throughput.py --model llama-3-8b --out bench/results/throughput.json
+
+Workload A: 256 requests x 512 prompt / 256 output tokens. Workload B: batch 1, 128 prompt / 512 output.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import environment, measure_copy_bandwidth_gb_s, write_json  # noqa: E402
+from service.boot import build_engine  # noqa: E402
+from service.config import EngineConfig  # noqa: E402
+from service.engine.sampling import SamplingParams  # noqa: E402
+
+WORKLOADS = {"A": dict(requests=256, prompt=512, output=256), "B": dict(requests=1, prompt=128, output=512)}
+
+
+def prompts_for(workload: dict, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(10, vocab_size, (workload["requests"], workload["prompt"]), generator=gen).tolist()
+
+
+def run_workload(engine, workload: dict) -> dict:
+    prompts = prompts_for(workload, engine.model_config.vocab_size)
+    params = SamplingParams(max_tokens=workload["output"], temperature=0, ignore_eos=True)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for i, p in enumerate(prompts):
+        engine.add_request(f"r{i}", p, params)
+    output_tokens, decode_steps, decode_context = 0, [], []
+    while engine.has_unfinished():
+        running = list(engine.scheduler.running)
+        pure_decode = running and not engine.scheduler.waiting and all(
+            s.num_computed_tokens == s.num_tokens - 1 for s in running)
+        context = sum(s.num_tokens for s in running)
+        t = time.perf_counter()
+        outputs = engine.step()
+        if pure_decode:
+            decode_steps.append(time.perf_counter() - t)
+            decode_context.append(context)
+        output_tokens += sum(len(o.new_token_ids) for o in outputs)
+    seconds = time.perf_counter() - start
+    step = sorted(decode_steps)[len(decode_steps) // 2] if decode_steps else None
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
+    kv_per_token = engine.runner.bytes_per_block // engine.runner.block_size
+    mean_context = sum(decode_context) / len(decode_context) if decode_context else 0
+    bytes_per_step = weight_bytes + mean_context * kv_per_token
+    return {
+        "requests": workload["requests"], "prompt_tokens": workload["prompt"], "output_tokens_each": workload["output"],
+        "output_tokens": output_tokens, "seconds": seconds, "output_tokens_per_s": output_tokens / seconds,
+        "decode_step_ms": step * 1000 if step else None,
+        "achieved_gb_s": bytes_per_step / step / 1e9 if step else None,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+    }
+
+
+def run_peer(model: str, workload_name: str, timeout: int) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [sys.executable, str(Path(__file__).parent / "hf_peer.py"), "--model", model,
+               "--workload", workload_name, "--out", f.name]
+        try:
+            proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
+        except subprocess.TimeoutExpired:
+            return {"error": f"transformers peer did not finish within {timeout} s"}
+        if proc.returncode != 0:
+            return {"error": proc.stderr[-2000:]}
+        return json.loads(Path(f.name).read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--workloads", default="A,B")
+    ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--peer-timeout", type=int, default=240)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--scale", type=float, default=1.0, help="shrink the workloads (CPU smoke runs)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    env = environment()
+    bandwidth = measure_copy_bandwidth_gb_s()
+    config = EngineConfig(model=args.model, max_num_seqs=256, max_num_batched_tokens=args.max_num_batched_tokens,
+                          max_model_len=1024, plan_store="none")
+    engine, boot = build_engine(config)
+    rows = []
+    for name in args.workloads.split(","):
+        workload = {k: max(1, int(v * args.scale)) for k, v in WORKLOADS[name].items()}
+        run_workload(engine, dict(workload, requests=min(workload["requests"], 4), output=8))  # warm-up
+        row = dict(env, model=args.model, workload=name, cuda_graphs=engine.runner.graphs is not None,
+                   device_bandwidth_gb_s=bandwidth, **run_workload(engine, workload))
+        if name == "B" and engine.runner.graphs is not None:
+            graphs, engine.runner.graphs = engine.runner.graphs, None
+            eager = run_workload(engine, workload)
+            engine.runner.graphs = graphs
+            row["eager_output_tokens_per_s"] = eager["output_tokens_per_s"]
+            row["eager_decode_step_ms"] = eager["decode_step_ms"]
+            row["graph_speedup"] = row["output_tokens_per_s"] / eager["output_tokens_per_s"]
+        rows.append(row)
+        print(json.dumps(row, indent=1))
+    del engine
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    for row in rows:
+        peer = run_peer(args.model, row["workload"], args.peer_timeout) if args.peer else {"error": "not run"}
+        row["peer"] = peer
+        row["peer_output_tokens_per_s"] = peer.get("output_tokens_per_s")
+        print(row["workload"], "peer:", json.dumps(peer)[:500])
+    write_json(args.out, {"benchmark": "throughput", "boot_phase_seconds": boot.phase_seconds,
+                          "kv_cache_memory_bytes": boot.kv_cache_memory_bytes, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
