@@ -93,12 +93,17 @@ def main() -> None:
     args = ap.parse_args()
 
     env = environment()
+    names = args.workloads.split(",")
+    # The peer runs first, in its own process, so that the two never hold GPU memory at once.
+    peers = {n: run_peer(args.model, n, args.peer_timeout) if args.peer else {"error": "not run"} for n in names}
+    for name, peer in peers.items():
+        print(name, "peer:", json.dumps(peer)[:1000], flush=True)
     bandwidth = measure_copy_bandwidth_gb_s()
     config = EngineConfig(model=args.model, max_num_seqs=256, max_num_batched_tokens=args.max_num_batched_tokens,
                           max_model_len=1024, plan_store="none")
     engine, boot = build_engine(config)
     rows = []
-    for name in args.workloads.split(","):
+    for name in names:
         workload = {k: max(1, int(v * args.scale)) for k, v in WORKLOADS[name].items()}
         run_workload(engine, dict(workload, requests=min(workload["requests"], 4), output=8))  # warm-up
         row = dict(env, model=args.model, workload=name, cuda_graphs=engine.runner.graphs is not None,
@@ -110,15 +115,10 @@ def main() -> None:
             row["eager_output_tokens_per_s"] = eager["output_tokens_per_s"]
             row["eager_decode_step_ms"] = eager["decode_step_ms"]
             row["graph_speedup"] = row["output_tokens_per_s"] / eager["output_tokens_per_s"]
+        row["peer"] = peers[name]
+        row["peer_output_tokens_per_s"] = peers[name].get("output_tokens_per_s")
         rows.append(row)
-        print(json.dumps(row, indent=1))
-    del engine
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    for row in rows:
-        peer = run_peer(args.model, row["workload"], args.peer_timeout) if args.peer else {"error": "not run"}
-        row["peer"] = peer
-        row["peer_output_tokens_per_s"] = peer.get("output_tokens_per_s")
-        print(row["workload"], "peer:", json.dumps(peer)[:500])
+        print(json.dumps(row, indent=1), flush=True)
     write_json(args.out, {"benchmark": "throughput", "boot_phase_seconds": boot.phase_seconds,
                           "kv_cache_memory_bytes": boot.kv_cache_memory_bytes, "rows": rows})
 
