@@ -1,0 +1,64 @@
+"""Limits and SIGTERM on a server of this module's own (it is stopped by the test)."""
+
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
+from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc
+from tests.server.conftest import health_status, start_server
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def long_request(max_tokens: int) -> pb.GenerateRequest:
+    return pb.GenerateRequest(text="Once upon a time", max_tokens=max_tokens, stop=pb.StopConditions(ignore_eos=True),
+                              sampling=pb.SamplingParameters(temperature=0))
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    srv = start_server(tmp_path_factory.mktemp("drain"), "--max-model-len", "256", "--max-num-seqs", "1",
+                       "--max-concurrent-requests", "2", "--drain-grace-seconds", "60")
+    yield srv
+    srv.stop(signal.SIGKILL)
+
+
+def test_max_concurrent_requests_gives_resource_exhausted_naming_the_limit(own_server):
+    with own_server.channel() as channel:
+        stub = pb_grpc.KvmemoServiceStub(channel)
+        first, second = stub.Generate(long_request(100)), stub.Generate(long_request(100))
+        next(first)
+        time.sleep(0.3)  # the second is admitted and waits: max_num_seqs=1
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Complete(long_request(2))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_concurrent_requests=2" in err.value.details()
+        first.cancel()
+        second.cancel()
+
+
+def test_sigterm_drains_in_flight_streams_and_exits_0(own_server):
+    with own_server.channel() as channel:
+        stub = pb_grpc.KvmemoServiceStub(channel)
+        stream = stub.Generate(long_request(30))
+        received = [next(stream)]
+        rest = threading.Thread(target=lambda: received.extend(stream))
+        rest.start()
+        own_server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while health_status(channel) != NOT_SERVING:
+            assert time.monotonic() < deadline, "health never went NOT_SERVING after SIGTERM"
+            time.sleep(0.05)
+        assert health_status(channel, "kvmemo.v1.KvmemoService") == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Complete(long_request(2))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
+        rest.join(timeout=60)
+    assert received[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    assert sum(len(m.token_ids) for m in received) == 30
+    assert own_server.proc.wait(timeout=30) == 0, own_server.log()[-3000:]

@@ -1,0 +1,54 @@
+"""grpc.health.v1 through the grpcio-health-checking client; reflection through grpcurl."""
+
+import json
+import subprocess
+
+import pytest
+from grpc_health.v1 import health_pb2
+
+from tests.server.conftest import health_status
+from tests.server.grpcurl import grpcurl
+
+SERVICES = ("", "kvmemo.v1.KvmemoService", "inference.GRPCInferenceService")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_health_is_serving_for_the_server_and_each_service(channel, service):
+    assert health_status(channel, service) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_was_not_serving_until_the_engine_was_warm(server):
+    # The server listens before it boots the engine; the fixture polled health from the first moment.
+    assert server.statuses_seen[0] == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert server.statuses_seen[-1] == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_of_an_unknown_service_is_not_found(channel):
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as err:
+        health_status(channel, "no.such.Service")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def run_grpcurl(server, *args: str) -> str:
+    done = subprocess.run([str(grpcurl()), "-plaintext", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"grpcurl {' '.join(args)} exited {done.returncode}: {done.stderr}"
+    return done.stdout
+
+
+def test_grpcurl_lists_our_services_through_reflection(server):
+    listed = run_grpcurl(server, server.address, "list").split()
+    for name in ("kvmemo.v1.KvmemoService", "inference.GRPCInferenceService", "grpc.health.v1.Health"):
+        assert name in listed
+    methods = run_grpcurl(server, server.address, "list", "kvmemo.v1.KvmemoService").split()
+    assert "kvmemo.v1.KvmemoService.Generate" in methods
+    assert "ModelStreamInfer" in run_grpcurl(server, server.address, "describe", "inference.GRPCInferenceService")
+
+
+def test_grpcurl_calls_generate_without_proto_files(server):
+    body = json.dumps({"text": "Hello", "max_tokens": 4, "sampling": {"temperature": 0}})
+    out = run_grpcurl(server, "-d", body, server.address, "kvmemo.v1.KvmemoService/Generate")
+    messages = [json.loads(m) for m in out.replace("}\n{", "}\x00{").split("\x00")]
+    assert messages[-1]["finish_reason"] in ("FINISH_REASON_LENGTH", "FINISH_REASON_STOP")
+    assert messages[-1]["usage"]["completion_tokens"] == sum(len(m.get("token_ids", [])) for m in messages)
