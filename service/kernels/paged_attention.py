@@ -11,7 +11,6 @@ captured in a CUDA graph and replayed with new lengths and block tables.
 """
 
 import functools
-import math
 
 import torch
 import triton
