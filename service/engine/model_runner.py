@@ -127,7 +127,8 @@ class ModelRunner:
         width = width or max(len(s.seq.block_table) for s in batch)
         table = np.full((len(batch), width), NULL_BLOCK, dtype=np.int32)
         for i, s in enumerate(batch):
-            table[i, : len(s.seq.block_table)] = s.seq.block_table
+            row = s.seq.block_table[:width]
+            table[i, : len(row)] = row
         return torch.from_numpy(table).to(self.device, non_blocking=True)
 
     def group_metadata(self, batch: list[ScheduledSeq]) -> GroupMetadata:

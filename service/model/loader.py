@@ -85,17 +85,32 @@ def _state_dict_from_hf(model: LlamaForCausalLM, tensors: dict, dtype, device) -
     return state
 
 
+def seeded_uniform(shape, seed: int, stream: int, device, chunk: int = 1 << 26) -> torch.Tensor:
+    """Uniform [-1, 1) float32 numbers from an integer hash of (seed, stream, index): the same on every device,
+    unlike torch's generators, whose CPU and CUDA streams differ."""
+    numel = int(torch.Size(shape).numel())
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    salt = (seed * 0x9E3779B1 + stream * 0x85EBCA77) & 0x7FFFFFFF
+    for start in range(0, numel, chunk):
+        x = torch.arange(start, min(start + chunk, numel), device=device, dtype=torch.int64)
+        x = (x * 0x5851F42D + salt) & 0xFFFFFFFF  # stays below 2**63: no overflow on any device
+        x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+        x = ((x ^ (x >> 12)) * 0x297A2D39) & 0xFFFFFFFF
+        x = x ^ (x >> 15)
+        out[start : start + len(x)] = (x >> 8).to(torch.float32) * (2.0 / (1 << 24)) - 1.0
+    return out.view(shape)
+
+
 def _random_state_dict(model: LlamaForCausalLM, seed: int, dtype, device) -> dict[str, torch.Tensor]:
-    gen = torch.Generator(device=device).manual_seed(seed)
+    """Seeded random weights (uniform with std 0.02; norms 1, biases 0), identical on CPU and CUDA."""
     state = {}
-    for name, param in model.named_parameters():
+    for stream, (name, param) in enumerate(model.named_parameters()):
         if name.endswith("norm.weight"):
             state[name] = torch.ones(param.shape, dtype=dtype, device=device)
         elif name.endswith(".bias"):
             state[name] = torch.zeros(param.shape, dtype=dtype, device=device)
         else:
-            w = torch.empty(param.shape, dtype=torch.float32, device=device).normal_(0.0, 0.02, generator=gen)
-            state[name] = w.to(dtype)
+            state[name] = (seeded_uniform(param.shape, seed, stream, device) * (0.02 * 3**0.5)).to(dtype)
     if model.config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     return state

@@ -76,3 +76,16 @@ def test_logprobs_are_returned_per_token(tiny_runner):
         (chosen, lp), *top = out.logprobs[0]
         assert chosen == out.new_token_ids[0] and len(top) == 2 and lp <= 0
         assert top[0][0] == chosen  # greedy: the chosen token is the most likely
+
+
+def test_random_preset_weights_are_seeded():
+    import torch
+
+    from service.model.loader import load_model
+
+    a = load_model("tiny", torch.float32, torch.device("cpu"), seed=1).model.state_dict()
+    b = load_model("tiny", torch.float32, torch.device("cpu"), seed=1).model.state_dict()
+    c = load_model("tiny", torch.float32, torch.device("cpu"), seed=2).model.state_dict()
+    w = "model.layers.0.mlp.gate_up_proj.weight"
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a[w], c[w])
+    assert abs(a[w].std().item() - 0.02) < 0.002 and abs(a[w].mean().item()) < 0.002
