@@ -56,7 +56,8 @@ def load_client(kubeconfig: str | None):
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()
         return client.ApiClient()
-    return config.new_client_from_config(config_file=kubeconfig)
+    # read KUBECONFIG now: the client library reads it once, at import
+    return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
 
 
 def main(args: argparse.Namespace) -> int:

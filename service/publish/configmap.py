@@ -31,7 +31,8 @@ def load_api_client(kubeconfig: str | None = None):
     if kubeconfig is None and not os.environ.get("KUBECONFIG") and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()
         return client.ApiClient()
-    return config.new_client_from_config(config_file=kubeconfig)
+    # read KUBECONFIG now: the client library reads it once, at import
+    return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
 
 
 @dataclass

@@ -87,6 +87,7 @@ class ControlPlane:
             f"--service-account-issuer={SA_ISSUER}",
             "--authorization-mode=RBAC",
             "--service-cluster-ip-range=10.0.0.0/24",
+            "--endpoint-reconciler-type=none",  # it refuses a loopback advertise address
             "--disable-admission-plugins=ServiceAccount",  # no controller-manager creates `default` SAs
             "--allow-privileged=true",
             "-v=0",

@@ -1,0 +1,56 @@
+"""One real etcd + kube-apiserver for the whole test session (tests/envtest), shared by tests/k8s."""
+
+import sys
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+import tests.envtest as envtest
+from tests.envtest.clients import admin_client, impersonating_client, service_account_user
+from tests.k8s.kube import PART_OF, apply, load_manifest, new_namespace, wait_for
+
+
+@pytest.fixture(scope="session")
+def control_plane():
+    try:
+        plane = envtest.start(log=sys.stderr)
+    except (envtest.BuildError, envtest.ControlPlaneError) as exc:
+        pytest.fail(f"the Kubernetes tests need etcd and kube-apiserver from tests/envtest, and {exc}",
+                    pytrace=False)
+    yield plane
+    envtest.remove(plane)
+
+
+@pytest.fixture(scope="session")
+def admin(control_plane):
+    with admin_client(control_plane) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def admission_policy(control_plane, admin):
+    """Installed once per session (it is cluster-scoped), and waited for until it enforces."""
+    apply(admin, load_manifest("admission-policy.yaml"))
+    probe = new_namespace(admin, "probe")
+    as_pod = impersonating_client(control_plane, service_account_user(probe, "kvmemo"))
+
+    def denied() -> bool:
+        try:
+            client.CoreV1Api(as_pod).patch_namespaced_config_map(
+                "kvmemo", probe, {"metadata": {"labels": {**PART_OF, "probe": "1"}}},
+                _content_type="application/merge-patch+json")
+            client.CoreV1Api(admin).patch_namespaced_config_map(
+                "kvmemo", probe, {"metadata": {"labels": {"probe": None}}},
+                _content_type="application/merge-patch+json")
+            return False
+        except ApiException as exc:
+            return exc.status in (403, 422) and "kvmemo" in (exc.body or "")
+
+    wait_for(denied, timeout=30, interval=0.2, what="the ValidatingAdmissionPolicy enforcing")
+    as_pod.close()
+
+
+@pytest.fixture
+def namespace(admin, admission_policy):
+    return new_namespace(admin)

@@ -1,0 +1,188 @@
+"""`kvmemo controller` as a process, with the controller ServiceAccount's token, on the real apiserver."""
+
+import json
+import signal
+import subprocess
+import urllib.request
+
+import pytest
+from kubernetes import client
+
+from tests.envtest.clients import token_kubeconfig
+from tests.envtest.controlplane import free_port
+from tests.k8s.kube import annotate, events, get_configmap, scrape, start_controller, wait_for
+from tests.k8s.reports import GiB, report
+
+FP = "abcdef012345"
+
+
+class Controllers:
+    """Starts controller processes for one test and stops whatever is left at the end."""
+
+    def __init__(self, plane, namespace, tmp_path):
+        self.namespace = namespace
+        self.tmp_path = tmp_path
+        self.kubeconfig = token_kubeconfig(plane, tmp_path / "controller.kubeconfig", namespace, "kvmemo-controller")
+        self.procs: list[tuple[subprocess.Popen, int]] = []
+
+    def start(self, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        log = self.tmp_path / f"controller-{len(self.procs)}.log"
+        proc = start_controller(self.kubeconfig, self.namespace, port, log, *extra, env=env)
+        self.procs.append((proc, port))
+        wait_for(lambda: ready(port) or proc.poll() is not None, timeout=30, what=f"controller on :{port} ready")
+        return proc, port
+
+    def log(self, index: int = 0) -> str:
+        return (self.tmp_path / f"controller-{index}.log").read_text()
+
+    def stop_all(self):
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def controllers(control_plane, namespace, tmp_path):
+    c = Controllers(control_plane, namespace, tmp_path)
+    yield c
+    c.stop_all()
+    for i in range(len(c.procs)):
+        print(f"--- controller {i} log ---\n{c.log(i)[-4000:]}")  # pytest shows it when the test failed
+
+
+def ready(port) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def plan(admin, namespace, fp=FP):
+    raw = (get_configmap(admin, namespace).get("data") or {}).get(f"kv-cache-plan.{fp}")
+    return json.loads(raw) if raw else None
+
+
+def metric(port, name, **labels):
+    try:
+        return scrape(port, name, labels)
+    except OSError:
+        return None
+
+
+def test_report_becomes_plan(admin, namespace, controllers):
+    _, port = controllers.start("--headroom-percent", "5")
+    r = report()
+    annotate(admin, namespace, {f"kvmemo.io/report.{FP}": r})
+    written = wait_for(lambda: plan(admin, namespace), what="the plan")
+    assert written["kv_cache_memory_bytes"] == r["suggestions"]["fit_requested_bytes"] * 95 // 100
+    assert written["fingerprint"] == r["fingerprint"] and written["source"] == "report"
+    wait_for(lambda: metric(port, "kvmemo_controller_plan_bytes", fingerprint=FP) == written["kv_cache_memory_bytes"],
+             what="the plan gauge")
+    assert metric(port, "kvmemo_controller_is_leader") == 1
+    assert metric(port, "kvmemo_controller_reconcile_total", result="written") == 1
+    wait_for(lambda: any(e.reason == "PlanWritten" and FP in e.message for e in events(admin, namespace)),
+             what="a PlanWritten Event")
+    for path in ("/healthz", "/readyz"):
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status == 200
+
+
+HOSTILE = {
+    "0000000000a1": ("{not json", "bad_json"),
+    "0000000000a2": (lambda r: {**r, "suggestions": {**r["suggestions"], "full_bytes": -1}}, "not_positive"),
+    "0000000000a3": (lambda r: {**r, "suggestions": {**r["suggestions"], "fit_requested_bytes": 10 ** 14}},
+                     "above_total"),
+    "0000000000a4": (lambda r: {**r, "device": "x" * 200_000}, "too_large"),
+}
+
+
+def test_hostile_reports_rejected_with_warning_and_no_plan(admin, namespace, controllers):
+    _, port = controllers.start()
+    values = {}
+    for fp, (make, _) in HOSTILE.items():
+        values[f"kvmemo.io/report.{fp}"] = make if isinstance(make, str) else make(report(fp=fp))
+    annotate(admin, namespace, values)
+
+    def warned():
+        found = {e.message[7:19] for e in events(admin, namespace) if e.type == "Warning"
+                 and e.reason == "ReportRejected"}
+        return set(HOSTILE) <= found
+    wait_for(warned, what="a Warning Event per hostile report")
+    for reason in {reason for _, reason in HOSTILE.values()}:
+        assert metric(port, "kvmemo_controller_reports_rejected_total", reason=reason) == 1, reason
+    data = get_configmap(admin, namespace).get("data") or {}
+    assert not [k for k in data if k.startswith("kv-cache-plan.")]
+    assert metric(port, "kvmemo_controller_reconcile_total", result="written") == 0
+
+
+def test_oom_lowers_plan_with_event(admin, namespace, controllers):
+    controllers.start("--oom-step-percent", "20")
+    annotate(admin, namespace, {f"kvmemo.io/report.{FP}": report()})
+    first = wait_for(lambda: plan(admin, namespace), what="the plan")["kv_cache_memory_bytes"]
+    oom = {"count": 1, "kv_cache_memory_bytes": first, "last_at": report()["updated_at"]}
+    annotate(admin, namespace, {f"kvmemo.io/oom.{FP}": oom})
+    lowered = wait_for(lambda: (p := plan(admin, namespace)) and p["source"] == "oom" and p, what="the lowered plan")
+    assert lowered["kv_cache_memory_bytes"] == first * 80 // 100
+    wait_for(lambda: any(e.reason == "PlanLowered" and str(first) in e.message for e in events(admin, namespace)),
+             what="a PlanLowered Event")
+
+
+def test_plans_pruned_after_ttl(admin, namespace, controllers):
+    controllers.start("--plan-ttl", "4s", "--resync-period", "1s")
+    annotate(admin, namespace, {f"kvmemo.io/report.{FP}": report()})
+    wait_for(lambda: plan(admin, namespace), what="the plan")
+
+    def gone():
+        cm = get_configmap(admin, namespace)
+        keys = set(cm.get("data") or {}) | set(cm["metadata"].get("annotations") or {})
+        return not any(FP in k for k in keys)
+    wait_for(gone, timeout=15, what="plan and report pruned")
+    wait_for(lambda: any(e.reason == "PlanPruned" for e in events(admin, namespace)), what="a PlanPruned Event")
+
+
+def test_killed_between_read_and_write_converges_without_duplicate_write(admin, namespace, controllers):
+    doomed, _ = controllers.start(env={"KVMEMO_FAILPOINT": "controller-before-write"})
+    annotate(admin, namespace, {f"kvmemo.io/report.{FP}": report()})
+    assert doomed.wait(30) == 3, controllers.log(0)
+    assert plan(admin, namespace) is None
+
+    _, port = controllers.start()
+    written = wait_for(lambda: plan(admin, namespace), what="the plan after restart")
+    version = get_configmap(admin, namespace)["metadata"]["resourceVersion"]
+    # Its own write comes back as a watch event; reconciling it must change nothing.
+    wait_for(lambda: (metric(port, "kvmemo_controller_reconcile_total", result="unchanged") or 0) >= 1,
+             what="the restarted controller seeing its own write")
+    assert metric(port, "kvmemo_controller_reconcile_total", result="written") == 1
+    assert get_configmap(admin, namespace)["metadata"]["resourceVersion"] == version
+    assert plan(admin, namespace) == written
+
+
+def test_two_controllers_one_leader_standby_takes_over(admin, namespace, controllers):
+    (a, port_a), (b, port_b) = controllers.start("--identity", "ctl-a"), controllers.start("--identity", "ctl-b")
+    leaders = lambda: [p for p in (port_a, port_b) if metric(p, "kvmemo_controller_is_leader") == 1]  # noqa: E731
+    wait_for(lambda: len(leaders()) == 1, what="one leader")
+    leader_port = leaders()[0]
+    leader, standby_port = (a, port_b) if leader_port == port_a else (b, port_a)
+    lease = client.CoordinationV1Api(admin).read_namespaced_lease("kvmemo-controller", namespace)
+    assert lease.spec.holder_identity == ("ctl-a" if leader is a else "ctl-b")
+
+    annotate(admin, namespace, {f"kvmemo.io/report.{FP}": report()})
+    wait_for(lambda: plan(admin, namespace), what="the plan")
+    assert metric(leader_port, "kvmemo_controller_reconcile_total", result="written") == 1
+    assert metric(standby_port, "kvmemo_controller_reconcile_total", result="written") == 0
+    assert metric(standby_port, "kvmemo_controller_is_leader") == 0
+
+    leader.send_signal(signal.SIGKILL)  # no release: the standby must wait the lease out
+    leader.wait()
+    wait_for(lambda: metric(standby_port, "kvmemo_controller_is_leader") == 1, timeout=15, what="takeover")
+    other = "0123456789ab"
+    annotate(admin, namespace, {f"kvmemo.io/report.{other}": report(fp=other, weights=20 * GiB)})
+    wait_for(lambda: plan(admin, namespace, other), what="a plan from the new leader")
+    lease = client.CoordinationV1Api(admin).read_namespaced_lease("kvmemo-controller", namespace)
+    assert lease.spec.holder_identity == ("ctl-b" if leader is a else "ctl-a")
+    assert lease.spec.lease_transitions >= 1

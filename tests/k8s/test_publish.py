@@ -1,0 +1,128 @@
+"""The pod's side: plans read, reports merged under conflict, OOMs recorded, an absent apiserver survived."""
+
+import json
+import threading
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from service.publish import ConfigMapStore, Publisher
+from tests.envtest.clients import impersonating_client, service_account_user, token_kubeconfig
+from tests.k8s.kube import annotate, get_configmap, wait_for
+from tests.k8s.reports import GiB, record
+
+FP = "abcdef012345"
+
+
+@pytest.fixture
+def pod_env(control_plane, namespace, tmp_path, monkeypatch):
+    """The environment a pod gets: downward API names and its service account's credentials."""
+    kubeconfig = token_kubeconfig(control_plane, tmp_path / "pod.kubeconfig", namespace, "kvmemo")
+    monkeypatch.setenv("POD_NAMESPACE", namespace)
+    monkeypatch.setenv("POD_NAME", "pod-a")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    return kubeconfig
+
+
+def store(pod="pod-a", **kwargs) -> ConfigMapStore:
+    s = ConfigMapStore.from_environment("kvmemo", **kwargs)
+    s.pod_name = pod
+    return s
+
+
+def report_annotation(admin, namespace, fp=FP) -> dict | None:
+    raw = (get_configmap(admin, namespace)["metadata"].get("annotations") or {}).get(f"kvmemo.io/report.{fp}")
+    return json.loads(raw) if raw else None
+
+
+def test_read_plan(admin, control_plane, namespace, pod_env):
+    s = store()
+    assert s.read_plan(FP) is None
+    written = {"fingerprint": FP + "0" * 52, "kv_cache_memory_bytes": 5 * GiB, "free_at_start_bytes": 70 * GiB,
+               "policy": "full", "source": "report", "updated_at": "2026-01-01T00:00:00Z"}
+    with impersonating_client(control_plane, service_account_user(namespace, "kvmemo-controller")) as ctl:
+        from kubernetes import client
+        client.CoreV1Api(ctl).patch_namespaced_config_map("kvmemo", namespace, {"data": {
+            f"kv-cache-plan.{FP}": json.dumps(written), "kv-cache-plan.0123456789ab": "{oops",
+            "kv-cache-plan.00000000000b": json.dumps({**written, "kv_cache_memory_bytes": -1})}},
+            _content_type="application/merge-patch+json")
+    assert s.read_plan(FP) == written
+    assert s.read_plan("0123456789ab") is None
+    assert s.read_plan("00000000000b") is None
+
+
+def test_merge_keeps_minimum_and_pods(admin, namespace, pod_env):
+    a, b = store("pod-a"), store("pod-b")
+    a.merge_report(record(weights=16 * GiB))
+    b.merge_report(record(weights=18 * GiB))
+    a.merge_report(record(weights=17 * GiB))
+    merged = report_annotation(admin, namespace)
+    smallest = record(weights=18 * GiB)
+    assert merged["suggestions"] == smallest["suggestions"]
+    assert merged["components"] == smallest["components"]
+    assert merged["pods"] == ["pod-b", "pod-a"] or merged["pods"] == ["pod-a", "pod-b"]
+    assert merged["schema"] == 1
+
+
+def test_conflicting_pods_lose_no_report(admin, namespace, pod_env):
+    writers = [store(f"pod-{i}") for i in range(4)]
+    weights = {f"pod-{i}": [(10 + 4 * i + j) * GiB // 4 for j in range(4)] for i in range(4)}
+    barrier = threading.Barrier(len(writers))
+    errors = []
+
+    def run(s: ConfigMapStore):
+        barrier.wait()
+        try:
+            for w in weights[s.pod_name]:
+                s.merge_report(record(weights=w))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sum(s.conflicts for s in writers) > 0, "the writers never collided: the test proves nothing"
+    merged = report_annotation(admin, namespace)
+    heaviest = max(w for ws in weights.values() for w in ws)
+    assert merged["suggestions"] == record(weights=heaviest)["suggestions"]
+    assert sorted(merged["pods"]) == sorted(weights)
+
+
+def test_record_oom_counts_and_keeps_smallest(admin, namespace, pod_env):
+    s = store()
+    s.record_oom(FP, 10 * GiB)
+    s.record_oom(FP, 8 * GiB)
+    s.record_oom(FP, 9 * GiB)
+    raw = get_configmap(admin, namespace)["metadata"]["annotations"][f"kvmemo.io/oom.{FP}"]
+    oom = json.loads(raw)
+    assert (oom["count"], oom["kv_cache_memory_bytes"]) == (3, 8 * GiB)
+    with pytest.raises(ValueError, match="positive"):
+        s.record_oom(FP, 0)
+
+
+def failures(kind="report") -> float:
+    return REGISTRY.get_sample_value("kvmemo_publish_failures_total", {"kind": kind}) or 0.0
+
+
+def test_apiserver_down_never_blocks_and_publishes_later(admin, control_plane, namespace, pod_env):
+    publisher = Publisher(store(request_timeout=1.0), max_backoff=1.0).start()
+    before = failures()
+    control_plane.stop_apiserver()
+    try:
+        started = time.monotonic()
+        publisher.publish_report(record())
+        assert time.monotonic() - started < 0.05, "publishing must not wait for the apiserver"
+        t0 = time.monotonic()
+        assert publisher.store.read_plan(FP) is None
+        assert time.monotonic() - t0 < 5, "a plan read must give up within its timeout"
+        wait_for(lambda: failures() >= before + 2, timeout=20, what="failures counted")
+        assert not publisher.flush(0.1)
+    finally:
+        control_plane.start_apiserver()
+    assert publisher.flush(30), "the report was not written after the apiserver came back"
+    publisher.stop()
+    assert report_annotation(admin, namespace)["pods"] == ["pod-a"]
