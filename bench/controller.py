@@ -1,0 +1,163 @@
+"""Report-to-plan latency of `kvmemo controller` on a real apiserver (tests/envtest), and the annotation
+size of 100 fingerprints. Writes bench/results/controller-<date>.json.
+
+    python -m bench.controller [--reports 200] [--pods 50] [--fingerprints 10]
+
+Each report is merged by a simulated pod (its own service-account token, the service's ConfigMapStore)
+and lowers its fingerprint's minimum suggestion, so every report must change a plan; the latency is from
+the report write returning to a watch seeing the plan at or below that report's suggestion.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+from kubernetes import client
+from kubernetes.watch.watch import iter_resp_lines
+
+import tests.envtest as envtest
+from service.publish import ConfigMapStore
+from tests.envtest.clients import admin_client, token_client, token_kubeconfig
+from tests.envtest.controlplane import free_port
+from tests.k8s.kube import get_configmap, new_namespace, start_controller, wait_for
+from tests.k8s.reports import GiB, record
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class PlanWatch:
+    """Records, per fingerprint, when each plan value was first seen."""
+
+    def __init__(self, api: client.ApiClient, namespace: str):
+        self.seen: dict[str, list[tuple[float, int]]] = {}
+        self.cond = threading.Condition()
+        self.api, self.namespace = api, namespace
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        resp = client.CoreV1Api(self.api).list_namespaced_config_map(
+            self.namespace, watch=True, field_selector="metadata.name=kvmemo", _preload_content=False)
+        try:
+            self._consume(resp)
+        except Exception:  # noqa: BLE001 - the apiserver stopping at the end of the run
+            pass
+
+    def _consume(self, resp):
+        for line in iter_resp_lines(resp):
+            now = time.perf_counter()
+            data = json.loads(line)["object"].get("data") or {}
+            with self.cond:
+                for key, raw in data.items():
+                    fp, kv = key.removeprefix("kv-cache-plan."), json.loads(raw)["kv_cache_memory_bytes"]
+                    values = self.seen.setdefault(fp, [])
+                    if not values or values[-1][1] != kv:
+                        values.append((now, kv))
+                self.cond.notify_all()
+
+    def wait_at_most(self, fp: str, kv: int, timeout: float = 30.0) -> float:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(v <= kv for _, v in self.seen.get(fp, [])), timeout)
+            if not ok:
+                raise TimeoutError(f"plan {fp} never reached {kv} within {timeout} s")
+            return next(t for t, v in self.seen[fp] if v <= kv)
+
+
+def ready(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def latency(plane, admin, tmp: Path, reports: int, pods: int, fingerprints: int) -> list[float]:
+    namespace = new_namespace(admin, "bench")
+    kubeconfig = token_kubeconfig(plane, tmp / "controller.kubeconfig", namespace, "kvmemo-controller")
+    port = free_port()
+    controller = start_controller(kubeconfig, namespace, port, tmp / "controller.log")
+    try:
+        wait_for(lambda: ready(port), timeout=60, what="the controller ready")
+        watch = PlanWatch(admin, namespace)
+        stores = []
+        for i in range(pods):
+            api = token_client(plane, namespace, "kvmemo")
+            stores.append(ConfigMapStore("kvmemo", namespace, f"kvmemo-{i:02d}", api))
+        fps = [f"{i:012x}" for i in range(fingerprints)]
+        samples = []
+        for n in range(reports):
+            fp = fps[n % fingerprints]
+            rec = record(fp=fp, weights=10 * GiB + n * (1 << 20))  # heavier each time: a lower suggestion
+            stores[n % pods].merge_report(rec)
+            written = time.perf_counter()
+            samples.append(watch.wait_at_most(fp, rec["suggestions"]["fit_requested_bytes"]) - written)
+        return samples
+    finally:
+        controller.terminate()
+        controller.wait(10)
+
+
+def annotation_bytes(plane, admin, count: int = 100, pods_per_report: int = 5) -> int:
+    namespace = new_namespace(admin, "size")
+    stores = [ConfigMapStore("kvmemo", namespace, f"kvmemo-6f7d9c8b5-{i:05d}", token_client(plane, namespace, "kvmemo"))
+              for i in range(pods_per_report)]
+    for i in range(count):
+        for s in stores:
+            s.merge_report(record(fp=f"{i:012x}"))
+    annotations = get_configmap(admin, namespace)["metadata"]["annotations"]
+    return sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reports", type=int, default=200)
+    parser.add_argument("--pods", type=int, default=50)
+    parser.add_argument("--fingerprints", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"controller-{date.today()}.json")
+    args = parser.parse_args()
+    plane = envtest.start(log=sys.stderr)
+    try:
+        with admin_client(plane) as admin:
+            samples = latency(plane, admin, plane.workdir, args.reports, args.pods, args.fingerprints)
+            size = annotation_bytes(plane, admin)
+    finally:
+        envtest.remove(plane)
+    import kubernetes
+    result = {
+        "report_to_plan_p50_ms": round(percentile(samples, 50) * 1000, 1),
+        "report_to_plan_p99_ms": round(percentile(samples, 99) * 1000, 1),
+        "report_to_plan_max_ms": round(max(samples) * 1000, 1),
+        "reports": len(samples), "pods": args.pods, "fingerprints": args.fingerprints,
+        "annotation_bytes_100_fingerprints": size, "annotation_limit_bytes": 256 * 1024,
+        "target_p50_ms": 200,
+        "device": f"CPU only: {cpu_model()}, {os.cpu_count()} cores",
+        "versions": {"kube-apiserver": plane.binaries.kubernetes_version, "etcd": plane.binaries.etcd_version,
+                     "python": platform.python_version(), "kubernetes-client": kubernetes.__version__},
+        "command": " ".join(["python -m bench.controller", *sys.argv[1:]]),
+        "date": str(date.today()),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
