@@ -39,7 +39,7 @@ class ServeOptions:
     port: int = 50051
     metrics_port: int = 8000
     drain_grace_seconds: float = 30.0
-    limits: Limits = None
+    limits: Limits | None = None  # None: Limits()
 
 
 def build_server(state: ServerState, health_servicer) -> grpc.aio.Server:

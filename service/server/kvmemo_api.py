@@ -128,5 +128,5 @@ def model_info(state: ServerState) -> pb.ModelInfo:
     if report is not None:
         info.kv_cache_memory_bytes = report.kv_cache_memory_bytes
         info.plan_source = report.plan_source
-        info.plan_fingerprint = getattr(report, "fingerprint", "") or ""
+        info.plan_fingerprint = report.fingerprint[:12]
     return info
