@@ -26,8 +26,8 @@ from service.engine.sampling import SamplingParams  # noqa: E402
 from service.memory import snapshot  # noqa: E402
 
 CASES = [  # model, max_model_len: long enough that the KV cache is never capped below the `full` size
-    ("llama-3-8b", 2048),
-    ("qwen3-0.6b", 4096),
+    ("llama-3-8b", 4096),
+    ("qwen3-0.6b", 8192),
 ]
 
 
@@ -35,6 +35,13 @@ def config_for(args) -> EngineConfig:
     return EngineConfig(model=args.model, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=not args.graphs,
                         kv_cache_policy="full", plan_store="file", plan_dir=args.plan_dir)
+
+
+def used_bytes(device) -> int:
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return total - free
+    return snapshot.take(device).used
 
 
 def soak(engine, seconds: float, seed: int = 0) -> dict:
@@ -58,7 +65,7 @@ def soak(engine, seconds: float, seed: int = 0) -> dict:
             if out.finished:
                 in_flight.discard(out.request_id)
                 completed += 1
-        peak_used = max(peak_used, snapshot.take(device).used)
+        peak_used = max(peak_used, used_bytes(device))
     for rid in list(in_flight):
         engine.abort(rid)
     return {"requests_completed": completed, "peak_used_bytes": peak_used, "ooms": engine.num_ooms,

@@ -1,6 +1,7 @@
 """A point-in-time view of device memory: the driver's (free/total), the allocator's and NVML's on CUDA;
 the cgroup's and this process's RSS on CPU."""
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -27,13 +28,19 @@ class Snapshot:
         return self.used - self.reserved
 
 
+@functools.lru_cache(maxsize=None)
+def _nvml_handle(index: int):
+    import pynvml
+
+    pynvml.nvmlInit()
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
 def _nvml_used(index: int) -> int | None:
     try:
         import pynvml
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(_nvml_handle(index)).used)
     except Exception:  # NVML absent or not permitted: the torch view is enough
         return None
 
