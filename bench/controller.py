@@ -15,7 +15,6 @@ import platform
 import sys
 import threading
 import time
-import urllib.request
 from datetime import date
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import tests.envtest as envtest
 from service.publish import ConfigMapStore
 from tests.envtest.clients import admin_client, token_client, token_kubeconfig
 from tests.envtest.controlplane import free_port
-from tests.k8s.kube import get_configmap, new_namespace, start_controller, wait_for
+from tests.k8s.kube import get_configmap, new_namespace, ready, start_controller, wait_for
 from tests.k8s.reports import GiB, record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,13 +66,6 @@ class PlanWatch:
             if not ok:
                 raise TimeoutError(f"plan {fp} never reached {kv} within {timeout} s")
             return next(t for t, v in self.seen[fp] if v <= kv)
-
-
-def ready(port: int) -> bool:
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
-    except OSError:
-        return False
 
 
 def cpu_model() -> str:

@@ -1,5 +1,7 @@
 """One real etcd + kube-apiserver for the whole test session (tests/envtest), shared by tests/k8s."""
 
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -7,8 +9,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 import tests.envtest as envtest
-from tests.envtest.clients import admin_client, impersonating_client, service_account_user
-from tests.k8s.kube import PART_OF, apply, load_manifest, new_namespace, wait_for
+from tests.envtest.clients import admin_client, impersonating_client, service_account_user, token_kubeconfig
+from tests.envtest.controlplane import free_port
+from tests.k8s.kube import PART_OF, apply, load_manifest, new_namespace, ready, start_controller, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +57,43 @@ def admission_policy(control_plane, admin):
 @pytest.fixture
 def namespace(admin, admission_policy):
     return new_namespace(admin)
+
+
+class Controllers:
+    """Starts controller processes for one test and stops whatever is left at the end."""
+
+    def __init__(self, plane, namespace, tmp_path):
+        self.namespace = namespace
+        self.tmp_path = tmp_path
+        self.kubeconfig = token_kubeconfig(plane, tmp_path / "controller.kubeconfig", namespace, "kvmemo-controller")
+        self.procs: list[tuple[subprocess.Popen, int]] = []
+
+    def start(self, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        log = self.tmp_path / f"controller-{len(self.procs)}.log"
+        proc = start_controller(self.kubeconfig, self.namespace, port, log, *extra, env=env)
+        self.procs.append((proc, port))
+        wait_for(lambda: ready(port) or proc.poll() is not None, timeout=30, what=f"controller on :{port} ready")
+        return proc, port
+
+    def log(self, index: int = 0) -> str:
+        return (self.tmp_path / f"controller-{index}.log").read_text()
+
+    def stop_all(self):
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def controllers(control_plane, namespace, tmp_path):
+    c = Controllers(control_plane, namespace, tmp_path)
+    yield c
+    c.stop_all()
+    for i in range(len(c.procs)):
+        print(f"--- controller {i} log ---\n{c.log(i)[-4000:]}")  # pytest shows it when the test failed

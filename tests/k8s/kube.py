@@ -1,6 +1,7 @@
 """Helpers for tests against the envtest control plane."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -67,6 +68,14 @@ def events(api: client.ApiClient, namespace: str) -> list:
     return client.CoreV1Api(api).list_namespaced_event(namespace).items
 
 
+def ready(port: int) -> bool:
+    """/readyz of a controller answers 200."""
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
 def scrape(port: int, name: str, labels: dict | None = None) -> float | None:
     """One sample from a /metrics page, or None when absent."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -85,7 +94,5 @@ def start_controller(kubeconfig: Path, namespace: str, port: int, log: Path, *ex
     argv = [sys.executable, "-m", "service.cli", "controller", "--kubeconfig", str(kubeconfig),
             "--namespace", namespace, "--http-address", "127.0.0.1", "--http-port", str(port),
             "--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.5", *extra]
-    import os
-
     return subprocess.Popen(argv, cwd=REPO, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})})

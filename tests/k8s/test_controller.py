@@ -2,65 +2,15 @@
 
 import json
 import signal
-import subprocess
 import urllib.request
 
 import pytest
 from kubernetes import client
 
-from tests.envtest.clients import token_kubeconfig
-from tests.envtest.controlplane import free_port
-from tests.k8s.kube import annotate, events, get_configmap, scrape, start_controller, wait_for
+from tests.k8s.kube import annotate, events, get_configmap, scrape, wait_for
 from tests.k8s.reports import GiB, report
 
 FP = "abcdef012345"
-
-
-class Controllers:
-    """Starts controller processes for one test and stops whatever is left at the end."""
-
-    def __init__(self, plane, namespace, tmp_path):
-        self.namespace = namespace
-        self.tmp_path = tmp_path
-        self.kubeconfig = token_kubeconfig(plane, tmp_path / "controller.kubeconfig", namespace, "kvmemo-controller")
-        self.procs: list[tuple[subprocess.Popen, int]] = []
-
-    def start(self, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
-        port = free_port()
-        log = self.tmp_path / f"controller-{len(self.procs)}.log"
-        proc = start_controller(self.kubeconfig, self.namespace, port, log, *extra, env=env)
-        self.procs.append((proc, port))
-        wait_for(lambda: ready(port) or proc.poll() is not None, timeout=30, what=f"controller on :{port} ready")
-        return proc, port
-
-    def log(self, index: int = 0) -> str:
-        return (self.tmp_path / f"controller-{index}.log").read_text()
-
-    def stop_all(self):
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _ in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-@pytest.fixture
-def controllers(control_plane, namespace, tmp_path):
-    c = Controllers(control_plane, namespace, tmp_path)
-    yield c
-    c.stop_all()
-    for i in range(len(c.procs)):
-        print(f"--- controller {i} log ---\n{c.log(i)[-4000:]}")  # pytest shows it when the test failed
-
-
-def ready(port) -> bool:
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
-    except OSError:
-        return False
 
 
 def plan(admin, namespace, fp=FP):
