@@ -59,6 +59,16 @@ def namespace(admin, admission_policy):
     return new_namespace(admin)
 
 
+@pytest.fixture
+def pod_env(control_plane, namespace, tmp_path, monkeypatch):
+    """The environment a pod gets: downward API names and its service account's credentials."""
+    kubeconfig = token_kubeconfig(control_plane, tmp_path / "pod.kubeconfig", namespace, "kvmemo")
+    monkeypatch.setenv("POD_NAMESPACE", namespace)
+    monkeypatch.setenv("POD_NAME", "pod-a")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    return kubeconfig
+
+
 class Controllers:
     """Starts controller processes for one test and stops whatever is left at the end."""
 

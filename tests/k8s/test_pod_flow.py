@@ -6,7 +6,6 @@ import pytest
 from service.config import EngineConfig
 from service.memory.plan import Components, PlanRecord, requested_bytes, suggest
 from service.publish import ConfigMapPlans
-from tests.envtest.clients import token_kubeconfig
 from tests.k8s.kube import wait_for
 from tests.k8s.reports import GiB
 
@@ -28,11 +27,7 @@ def profiled(fingerprint: str) -> PlanRecord:
 
 
 @pytest.fixture
-def pod(control_plane, namespace, tmp_path, monkeypatch):
-    kubeconfig = token_kubeconfig(control_plane, tmp_path / "pod.kubeconfig", namespace, "kvmemo")
-    monkeypatch.setenv("POD_NAMESPACE", namespace)
-    monkeypatch.setenv("POD_NAME", "kvmemo-0")
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+def pod(pod_env):
     plans = ConfigMapPlans.for_config(EngineConfig(configmap_name="kvmemo"))
     yield plans
     plans.close()

@@ -8,21 +8,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.publish import ConfigMapStore, Publisher
-from tests.envtest.clients import impersonating_client, service_account_user, token_kubeconfig
+from tests.envtest.clients import impersonating_client, service_account_user
 from tests.k8s.kube import annotate, get_configmap, wait_for
 from tests.k8s.reports import GiB, record
 
 FP = "abcdef012345"
-
-
-@pytest.fixture
-def pod_env(control_plane, namespace, tmp_path, monkeypatch):
-    """The environment a pod gets: downward API names and its service account's credentials."""
-    kubeconfig = token_kubeconfig(control_plane, tmp_path / "pod.kubeconfig", namespace, "kvmemo")
-    monkeypatch.setenv("POD_NAMESPACE", namespace)
-    monkeypatch.setenv("POD_NAME", "pod-a")
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    return kubeconfig
 
 
 def store(pod="pod-a", **kwargs) -> ConfigMapStore:
