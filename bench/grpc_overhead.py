@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -101,7 +102,8 @@ async def through_grpc(args) -> dict:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=300)
             stub = pb_grpc.KvmemoServiceStub(channel)
-            while (await stub.GetModelInfo(pb.GetModelInfoRequest())).kv_blocks_total == 0:
+            health = health_pb2_grpc.HealthStub(channel)
+            while (await health.Check(health_pb2.HealthCheckRequest())).status != health_pb2.HealthCheckResponse.SERVING:
                 await asyncio.sleep(0.2)
 
             async def one(i: int, ttfts: list) -> int:
