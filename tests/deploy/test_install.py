@@ -1,0 +1,104 @@
+"""Both bundles installed into a real kube-apiserver (tests/envtest), in namespaces that enforce the
+restricted Pod Security Standard: every object admitted, with no warning.
+
+No controller-manager runs, so Deployments make no Pods; the tests create a Pod from each Deployment's
+template themselves, which is where Pod Security admission enforces."""
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.render import BASE, CHART, objects, run
+
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted",
+}
+CRDS = Path(__file__).with_name("monitoring-crds.yaml")
+
+
+@pytest.fixture(scope="module")
+def k(kubectl, control_plane):
+    def kube(*args: str, stdin: str | None = None, check: bool = True):
+        p = run([kubectl, "--kubeconfig", str(control_plane.kubeconfig), *args], input=stdin)
+        if check:
+            assert p.returncode == 0, f"kubectl {' '.join(args)}:\n{p.stdout}{p.stderr}"
+            assert "Warning" not in p.stderr, f"kubectl {' '.join(args)} warned:\n{p.stderr}"
+        return p
+    return kube
+
+
+def restricted_namespace(k, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    k("create", "namespace", name)
+    k("label", "namespace", name, *[f"{key}={value}" for key, value in RESTRICTED.items()])
+    return name
+
+
+def assert_pods_admitted(k, namespace: str, objs: list[dict]) -> None:
+    deployments = [o for o in objs if o["kind"] == "Deployment"]
+    assert deployments
+    for d in deployments:
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": d["metadata"]["name"] + "-probe", "labels": d["spec"]["template"]["metadata"]["labels"]},
+               "spec": d["spec"]["template"]["spec"]}
+        k("create", "-n", namespace, "-f", "-", stdin=json.dumps(pod))
+
+
+def assert_restricted_enforced(k, namespace: str) -> None:
+    """The label really enforces: a Pod with no security settings is turned away."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+           "spec": {"containers": [{"name": "c", "image": "kvmemo:test"}]}}
+    p = k("create", "-n", namespace, "-f", "-", stdin=json.dumps(pod), check=False)
+    assert p.returncode != 0 and "violates PodSecurity" in p.stderr, p.stderr
+
+
+def assert_all_exist(k, namespace: str, objs: list[dict]) -> None:
+    got = k("get", "-n", namespace, "-f", "-", "-o", "name", stdin=yaml.safe_dump_all(objs))
+    assert len(got.stdout.split()) == len(objs), got.stdout
+
+
+def test_server_dry_run_admits_both_bundles(k, helm, control_plane):
+    namespace = restricted_namespace(k, "dry-run")
+    rendered = run([helm, "template", "kvmemo", str(CHART), "--namespace", namespace])
+    assert rendered.returncode == 0, rendered.stderr
+    chart = k("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=rendered.stdout)
+    base = k("apply", "--dry-run=server", "-n", namespace, "-k", str(BASE))
+    count = len(objects(rendered.stdout))
+    assert chart.stdout.count("(server dry run)") == count, chart.stdout
+    assert base.stdout.count("(server dry run)") == count, base.stdout
+
+
+def test_kubectl_apply_k(k, control_plane):
+    namespace = restricted_namespace(k, "kustomize")
+    k("apply", "-n", namespace, "-k", str(BASE))
+    objs = objects(k("kustomize", str(BASE)).stdout)
+    assert_all_exist(k, namespace, objs)
+    assert_pods_admitted(k, namespace, objs)
+    assert_restricted_enforced(k, namespace)
+    # The admission policy is cluster-scoped; the Helm test below installs it as part of its release.
+    # (kubectl warns that it deletes a cluster-scoped object, which is the point.)
+    deleted = k("delete", "-n", namespace, "-k", str(BASE), "--wait", check=False)
+    assert deleted.returncode == 0, deleted.stderr
+
+
+def test_helm_install_with_monitors(k, helm, control_plane):
+    k("apply", "-f", str(CRDS))
+    k("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
+    namespace = restricted_namespace(k, "helm")
+    kubeconfig = ["--kubeconfig", str(control_plane.kubeconfig)]
+    p = run([helm, "install", "kvmemo", str(CHART), "--namespace", namespace, *kubeconfig])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Warning" not in p.stderr and "warning" not in p.stderr, p.stderr
+    assert "kvmemo generate" in p.stdout  # NOTES.txt
+    manifest = run([helm, "get", "manifest", "kvmemo", "--namespace", namespace, *kubeconfig])
+    objs = objects(manifest.stdout)
+    kinds = {o["kind"] for o in objs}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ValidatingAdmissionPolicy"} <= kinds, kinds
+    assert_all_exist(k, namespace, objs)
+    assert_pods_admitted(k, namespace, objs)
+    assert_restricted_enforced(k, namespace)
