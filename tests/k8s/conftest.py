@@ -14,8 +14,36 @@ from tests.envtest.controlplane import free_port
 from tests.k8s.kube import PART_OF, apply, load_manifest, new_namespace, ready, start_controller, wait_for
 
 
+BUILD_ERRORS: list[Exception] = []
+
+
+class _TerminalLog:
+    def __init__(self, config):
+        self.reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def write(self, text: str) -> None:
+        if self.reporter:
+            self.reporter.write(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The first build of etcd and kube-apiserver takes far longer than pytest-timeout lets one test run,
+    so it happens here, after collection and before any test starts."""
+    if any("control_plane" in getattr(item, "fixturenames", ()) for item in items):
+        try:
+            envtest.ensure_binaries(log=_TerminalLog(config))
+        except envtest.BuildError as exc:
+            BUILD_ERRORS.append(exc)
+
+
 @pytest.fixture(scope="session")
 def control_plane():
+    if BUILD_ERRORS:
+        pytest.fail(f"the Kubernetes tests need etcd and kube-apiserver from tests/envtest, and {BUILD_ERRORS[0]}",
+                    pytrace=False)
     try:
         plane = envtest.start(log=sys.stderr)
     except (envtest.BuildError, envtest.ControlPlaneError) as exc:
