@@ -41,7 +41,8 @@ def peak_bandwidth() -> float:
 
 
 def time_us(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=200, quantiles=[0.5])[0] * 1e3
+    result = triton.testing.do_bench(fn, warmup=25, rep=200, quantiles=[0.5])
+    return (result[0] if isinstance(result, (list, tuple)) else result) * 1e3  # Triton 3.6 returns a float
 
 
 def run_case(batch, context, table_blocks, peak, sweep):

@@ -63,6 +63,8 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
     report.baseline = baseline = snapshot.take(device)
     with timed(report, "load_weights"):
         runner = ModelRunner(config)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # loading's temporaries must not count as used
     loaded = snapshot.take(device)
     weights = max(0, loaded.allocated - baseline.allocated)
     report.fingerprint = fp = fingerprint(fingerprint_fields(
@@ -72,7 +74,8 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
     file_store = file_store_for(config)
     with timed(report, "profile"):
         configmap_plan = configmap_plan_reader(fp[:12]) if configmap_plan_reader else None
-        decision = planner.decide(config, runner, baseline, loaded.free, weights, fp, file_store, configmap_plan)
+        free_after_weights = loaded.free + loaded.reserved - loaded.allocated
+        decision = planner.decide(config, runner, baseline, free_after_weights, weights, fp, file_store, configmap_plan)
     report.plan_source, report.plan_reason, report.record = decision.source, decision.reason, decision.record
     if decision.source != "profile":
         log.info("skipped profiling: KV cache of %s from %s", format_bytes(decision.kv_cache_memory_bytes),

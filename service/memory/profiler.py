@@ -48,9 +48,22 @@ def run_dummy_batch(runner, lens: list[int]) -> None:
     sample(logits, SamplingBatch([SamplingParams(temperature=1.0, top_k=50, top_p=0.9)] * rows, [0] * rows))
 
 
+def long_prompt_lens(max_num_batched_tokens: int, max_model_len: int) -> list[int]:
+    """The same token budget as sequences of the longest length, whose attention temporaries are largest."""
+    longest = max_model_len - 1
+    return [longest] * (max_num_batched_tokens // longest) + ([max_num_batched_tokens % longest] if max_num_batched_tokens % longest else [])
+
+
 def measure_activation_peak(runner) -> int:
+    """The larger peak of two dummy batches of max_num_batched_tokens: split over up to max_num_seqs requests
+    (the batch shape vLLM profiles), and as max_model_len-long sequences (the largest attention temporaries)."""
     cfg = runner.config
-    lens = dummy_prompt_lens(cfg.max_num_batched_tokens, cfg.max_num_seqs, runner.max_model_len)
+    return max(measure_batch_peak(runner, lens) for lens in (
+        dummy_prompt_lens(cfg.max_num_batched_tokens, cfg.max_num_seqs, runner.max_model_len),
+        long_prompt_lens(cfg.max_num_batched_tokens, runner.max_model_len)))
+
+
+def measure_batch_peak(runner, lens: list[int]) -> int:
     runner.allocate_kv_cache(blocks_for(lens, runner.block_size))
     try:
         if runner.device.type == "cuda":
