@@ -14,10 +14,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from service.publish.contract import check_fp12, oom_key, plan_key, report_key
 from service.publish.merge import merge_oom, merge_reports, new_report
 
 log = logging.getLogger(__name__)
+PUBLISH_FAILURES = Counter("kvmemo_publish_failures_total",
+                           "Failed ConfigMap requests: kind report or oom (retried in the background), "
+                           "read_plan (the pod profiles instead)", ["kind"])
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -72,6 +77,7 @@ class ConfigMapStore:
         try:
             raw = (self._get().get("data") or {}).get(key)
         except Exception as exc:  # noqa: BLE001 - no plan is a normal outcome: the pod profiles
+            PUBLISH_FAILURES.labels("read_plan").inc()
             log.warning("could not read ConfigMap %s/%s for %s: %s", self.namespace, self.name, key, exc)
             return None
         if raw is None:

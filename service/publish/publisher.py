@@ -7,13 +7,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter
-
-from service.publish.configmap import ConfigMapStore
+from service.publish.configmap import PUBLISH_FAILURES, ConfigMapStore
 
 log = logging.getLogger(__name__)
-PUBLISH_FAILURES = Counter("kvmemo_publish_failures_total",
-                           "Failed attempts to write a report or OOM record to the ConfigMap", ["kind"])
 
 
 @dataclass
