@@ -46,6 +46,18 @@ def summary(runs: list[tuple[int, float, list[float]]]) -> dict:
             "tokens_per_s_all_runs": rates, "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99)}
 
 
+async def measure(one, args) -> dict:
+    """One warm-up, then args.runs runs of args.streams concurrent `one(i, ttfts) -> tokens`."""
+    async def run() -> tuple:
+        ttfts: list[float] = []
+        start = time.monotonic()
+        counts = await asyncio.gather(*(one(i, ttfts) for i in range(args.streams)))
+        return sum(counts), time.monotonic() - start, ttfts
+
+    await run()
+    return summary([await run() for _ in range(args.runs)])
+
+
 async def in_process(args) -> dict:
     from service.boot import build_engine
     from service.engine.async_engine import AsyncEngine
@@ -67,14 +79,7 @@ async def in_process(args) -> dict:
             n += len(out.new_token_ids)
         return n
 
-    async def run() -> tuple:
-        ttfts: list[float] = []
-        start = time.monotonic()
-        counts = await asyncio.gather(*(one(i, ttfts) for i in range(args.streams)))
-        return sum(counts), time.monotonic() - start, ttfts
-
-    await run()  # warm-up
-    result = summary([await run() for _ in range(args.runs)])
+    result = await measure(one, args)
     engine.stop()
     return result
 
@@ -117,14 +122,7 @@ async def through_grpc(args) -> dict:
                     n += len(message.token_ids)
                 return n
 
-            async def run() -> tuple:
-                ttfts: list[float] = []
-                start = time.monotonic()
-                counts = await asyncio.gather(*(one(i, ttfts) for i in range(args.streams)))
-                return sum(counts), time.monotonic() - start, ttfts
-
-            await run()  # warm-up
-            return summary([await run() for _ in range(args.runs)])
+            return await measure(one, args)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
