@@ -82,6 +82,8 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
                  decision.reason)
 
     with timed(report, "allocate_kv"):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # what profiling cached would otherwise sit beside the KV cache
         kv_bytes = decision.kv_cache_memory_bytes
         if kv_bytes > planner.useful_kv_bytes(runner):
             kv_bytes = planner.useful_kv_bytes(runner)

@@ -67,13 +67,14 @@ def measure_batch_peak(runner, lens: list[int]) -> int:
     runner.allocate_kv_cache(blocks_for(lens, runner.block_size))
     try:
         if runner.device.type == "cuda":
+            # Reserved, not allocated: the allocator's rounding and fragmentation take device memory too.
             torch.cuda.empty_cache()
             torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
+            before = torch.cuda.memory_reserved()
             torch.cuda.reset_peak_memory_stats()
             run_dummy_batch(runner, lens)
             torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - before
+            return torch.cuda.max_memory_reserved() - before
         gc.collect()
         before, _ = process_rss()
         reset_peak_rss()
@@ -82,6 +83,8 @@ def measure_batch_peak(runner, lens: list[int]) -> int:
         return max(0, peak - before)
     finally:
         runner.free_kv_cache()
+        if runner.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def measure_cudagraph(runner) -> int:
