@@ -128,8 +128,13 @@ def main():
     rows = []
     for model, graphs, soak_s in cases:
         with tempfile.TemporaryDirectory() as plan_dir:
-            cold = boot_in_subprocess(args, model, lens.get(model, args.max_model_len), graphs, plan_dir, soak_s)
-            warm = boot_in_subprocess(args, model, lens.get(model, args.max_model_len), graphs, plan_dir, 0)
+            try:
+                cold = boot_in_subprocess(args, model, lens.get(model, args.max_model_len), graphs, plan_dir, soak_s)
+                warm = boot_in_subprocess(args, model, lens.get(model, args.max_model_len), graphs, plan_dir, 0)
+            except subprocess.CalledProcessError as e:
+                rows.append(dict(env, model=model, cudagraphs=graphs, error=f"boot failed: exit {e.returncode}"))
+                write_json(args.out, {"benchmark": "memory", "rows": rows})
+                continue
         row = dict(env, model=model, cudagraphs=graphs, soak_seconds=soak_s,
                    prediction_error_bytes=cold["prediction_error_bytes"],
                    prediction_error_after_run_bytes=cold.get("prediction_error_after_run_bytes"),
