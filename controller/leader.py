@@ -36,7 +36,9 @@ class LeaderElector:
                              f"< lease duration {self.lease_duration} (seconds)")
 
     def is_leader(self) -> bool:
-        return self.leading.is_set()
+        # Also bounded by the last renewal, so a renewal call hanging past the deadline cannot leave us
+        # writing while a standby takes over.
+        return self.leading.is_set() and time.monotonic() - self._renewed_at <= self.renew_deadline
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -51,14 +53,14 @@ class LeaderElector:
             if acquired:
                 self._renewed_at = now
                 self._set(True)
-            elif self.is_leader() and now - self._renewed_at > self.renew_deadline:
+            elif self.leading.is_set() and now - self._renewed_at > self.renew_deadline:
                 self._set(False)
             stop.wait(self.retry_period)
-        if self.is_leader():
+        if self.leading.is_set():
             self.release()
 
     def _set(self, leading: bool) -> None:
-        if leading != self.is_leader():
+        if leading != self.leading.is_set():
             (self.leading.set if leading else self.leading.clear)()
             log.info("%s %s the lease %s/%s", self.identity, "holds" if leading else "lost",
                      self.namespace, self.name)

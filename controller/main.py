@@ -50,16 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=None, help="default: in-cluster service account, else $KUBECONFIG")
 
 
-def load_client(kubeconfig: str | None):
-    from kubernetes import client, config
-
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    # read KUBECONFIG now: the client library reads it once, at import
-    return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
-
-
 def main(args: argparse.Namespace) -> int:
     from kubernetes import client
 
@@ -67,11 +57,12 @@ def main(args: argparse.Namespace) -> int:
     from controller.leader import LeaderElector
     from controller.loop import Reconciler
     from controller.watch import ConfigMapWatcher
+    from service.publish.configmap import load_api_client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings(args.policy, args.headroom_percent, args.oom_step_percent, args.plan_ttl)
-        api = load_client(args.kubeconfig)
+        api = load_api_client(args.kubeconfig)
     except Exception as exc:  # noqa: BLE001 - a bad flag or kubeconfig is a usage error
         log.error("%s", exc)
         return 2
@@ -105,7 +96,8 @@ def main(args: argparse.Namespace) -> int:
              args.label_selector, settings, server.server_address[1])
     try:
         while not stop.is_set():
-            if not elector.leading.wait(1.0):
+            if not elector.is_leader():
+                stop.wait(0.2)
                 continue
             watcher.synced.clear()
             watcher.run(elector.is_leader, stop)

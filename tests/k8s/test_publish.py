@@ -1,6 +1,7 @@
 """The pod's side: plans read, reports merged under conflict, OOMs recorded, an absent apiserver survived."""
 
 import json
+import socket
 import threading
 import time
 
@@ -117,3 +118,25 @@ def test_apiserver_down_never_blocks_and_publishes_later(admin, control_plane, n
     assert publisher.flush(30), "the report was not written after the apiserver came back"
     publisher.stop()
     assert report_annotation(admin, namespace)["pods"] == ["pod-a"]
+
+
+def test_silent_apiserver_costs_one_timeout(control_plane, pod_env, tmp_path, monkeypatch):
+    """An apiserver that accepts connections and never answers (overloaded, or a black-holed route)."""
+    from tests.envtest.controlplane import write_kubeconfig
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        host = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        kubeconfig = write_kubeconfig(tmp_path / "silent.kubeconfig", host, control_plane.files.ca_cert,
+                                      user={"token": "x"})
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        publisher = Publisher(store(request_timeout=1.0), max_backoff=0.5).start()
+        before = failures()
+        started = time.monotonic()
+        publisher.publish_report(record())
+        assert time.monotonic() - started < 0.05
+        assert publisher.store.read_plan(FP) is None
+        assert time.monotonic() - started < 2.5, "one read must cost one timeout, not urllib3's retries"
+        wait_for(lambda: failures() >= before + 1, timeout=10, what="the failed write counted")
+        publisher.stop()
