@@ -6,7 +6,10 @@ envtest control plane. Every dashboard query returns data; the alert rules load 
 import json
 import math
 import re
+import os
+import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -73,10 +76,17 @@ def traffic(ports, prometheus):
             request = pb.GenerateRequest(text=f"request {i}: tell me about memory", max_tokens=48)
             return sum(len(m.token_ids) for m in pb_grpc.KvmemoServiceStub(channel).Generate(request, timeout=120))
 
-    with ThreadPoolExecutor(16) as pool:
-        tokens = list(pool.map(lambda i: generate(ports["grpc"][i % 2], i), range(32)))
-    assert sum(tokens) > 0
-    time.sleep(4)
+    def wave():
+        with ThreadPoolExecutor(16) as pool:
+            assert sum(pool.map(lambda i: generate(ports["grpc"][i % 2], i), range(32))) > 0
+
+    # Histogram and counter series appear with their first request: a rate over them needs a scrape
+    # before the second wave as well as one after it.
+    wave()
+    wait_until(lambda: len(query(prometheus, "kvmemo_time_to_first_token_seconds_count")) == 2, 30,
+               "the first wave's histograms scraped")
+    wave()
+    time.sleep(3)
     return time.time()
 
 
@@ -113,6 +123,11 @@ def query(prom_port: int, expr: str, at: float | None = None) -> list:
     return answer["data"]["result"]
 
 
+def metrics_page(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
 def substitute(expr: str) -> str:
     for name in sorted(VARIABLES, key=len, reverse=True):
         expr = expr.replace(name, VARIABLES[name])
@@ -141,8 +156,7 @@ def assert_return_data(prom_port: int, queries: list[tuple[str, str]], at: float
 
 def test_promtool_check_metrics(ports, servers, promtool):
     for port in ports["metrics"]:
-        page = run(["curl", "-sf", f"http://127.0.0.1:{port}/metrics"]).stdout
-        p = run([promtool, "check", "metrics"], input=page)
+        p = run([promtool, "check", "metrics"], input=metrics_page(port))
         assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
 
 
@@ -166,8 +180,7 @@ def test_dashboard_server_queries_return_data(prometheus, traffic):
 def test_dashboard_controller_queries_return_data(prometheus, controller, promtool):
     queries = [(t, e) for t, e in dashboard_queries() if "kvmemo_controller_" in e]
     assert_return_data(prometheus, queries, time.time())
-    page = run(["curl", "-sf", f"http://127.0.0.1:{controller}/metrics"]).stdout
-    p = run([promtool, "check", "metrics"], input=page)
+    p = run([promtool, "check", "metrics"], input=metrics_page(controller))
     assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
 
 
@@ -189,3 +202,13 @@ def test_alert_rules_evaluate_on_scraped_series(prometheus, traffic, controller)
         for name in set(re.findall(r"\bkvmemo_[a-z_]+", r["query"])):
             family = re.sub(r"_(total|bucket|count|sum)$", "", name)
             assert name in series or family in families, f"{r['name']} uses {name}, which nothing exports"
+
+
+def test_render_memory_panels(prometheus, traffic, tmp_path):
+    """deploy/grafana/render_panels.py draws the Memory row; KVMEMO_RENDER_DOCS=1 refreshes the README's picture."""
+    out = ROOT / "docs" / "dashboard-memory.png" if os.environ.get("KVMEMO_RENDER_DOCS") else tmp_path / "memory.png"
+    p = run([sys.executable, str(ROOT / "deploy" / "grafana" / "render_panels.py"),
+             "--prometheus", f"http://127.0.0.1:{prometheus}", "--out", str(out), "--namespace", NAMESPACE,
+             "--model", "tiny", "--pod", "|".join(PODS), "--minutes", "1.5"])
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,155 @@
+"""Render the dashboard's Memory row from a running Prometheus into a PNG, the way Grafana would draw it.
+
+    python deploy/grafana/render_panels.py --prometheus http://127.0.0.1:9090 --out docs/dashboard-memory.png \
+        --namespace kvmemo --pod 'kvmemo-.*'
+
+The tests run it against the Prometheus they start (tests/deploy/test_prometheus.py); with
+KVMEMO_RENDER_DOCS=1 they write docs/dashboard-memory.png.
+"""
+
+import argparse
+import json
+import re
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DASHBOARD = Path(__file__).with_name("kvmemo-dashboard.json")
+UNITS = {"bytes": (2**30, "GiB"), "s": (1, "s"), "none": (1, ""), "short": (1, "")}
+
+
+def memory_panels(dashboard: dict) -> list[dict]:
+    panels, inside = [], False
+    for p in dashboard["panels"]:
+        if p["type"] == "row":
+            inside = p["title"] == "Memory"
+        elif inside:
+            panels.append(p)
+    return panels
+
+
+def substitute(expr: str, variables: dict[str, str]) -> str:
+    for name in sorted(variables, key=len, reverse=True):
+        expr = expr.replace("$" + name, variables[name])
+    return expr
+
+
+def prometheus(base: str, path: str, **params) -> list:
+    with urllib.request.urlopen(f"{base}/api/v1/{path}?{urllib.parse.urlencode(params)}", timeout=30) as r:
+        answer = json.load(r)
+    if answer["status"] != "success":
+        raise RuntimeError(f"{params.get('query')}: {answer.get('error')}")
+    return answer["data"]["result"]
+
+
+def legend(fmt: str, labels: dict) -> str:
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt).strip() or str(labels)
+
+
+def unstacked(panel: dict, name: str) -> bool:
+    """Grafana overrides that take a series out of the stack (the device total line)."""
+    for o in panel["fieldConfig"].get("overrides", []):
+        if o["matcher"]["id"] == "byRegexp" and re.fullmatch(o["matcher"]["options"], name):
+            return any(p["id"] == "custom.stacking" and p["value"]["mode"] == "none" for p in o["properties"])
+    return False
+
+
+def draw_timeseries(ax, panel, base, variables, start, end):
+    scale, unit = UNITS.get(panel["fieldConfig"]["defaults"].get("unit"), (1, ""))
+    stacked = panel["fieldConfig"]["defaults"].get("custom", {}).get("stacking", {}).get("mode") == "normal"
+    layers, lines = [], []
+    for t in panel["targets"]:
+        step = max(1, int((end - start) / 300))
+        for series in prometheus(base, "query_range", query=substitute(t["expr"], variables),
+                                 start=start, end=end, step=step):
+            xs = [float(ts) - end for ts, _ in series["values"]]
+            ys = [float(v) / scale for _, v in series["values"]]
+            name = legend(t.get("legendFormat", ""), series["metric"])
+            (lines if not stacked or unstacked(panel, name) else layers).append((name, xs, ys))
+    if layers:
+        # query_range evaluates every series at the same steps; a series missing at a step counts 0.
+        xs = sorted({x for _, x, _ in layers for x in x})
+        ys = [[dict(zip(x, y)).get(t, 0.0) for t in xs] for _, x, y in layers]
+        ax.stackplot(xs, ys, labels=[n for n, _, _ in layers], alpha=0.7)
+    for name, xs, ys in lines:
+        ax.plot(xs, ys, "--" if stacked else "-", linewidth=2 if stacked else 1.2, label=name)
+    if not layers and not lines:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlabel("seconds ago")
+    ax.set_ylabel(unit)
+
+
+def draw_instant(ax, panel, base, variables, end):
+    """A table (labels of each row) or a bar gauge (one bar per series), from an instant query."""
+    rows = []
+    for t in panel["targets"]:
+        for series in prometheus(base, "query", query=substitute(t["expr"], variables), time=end):
+            rows.append((series["metric"], float(series["value"][1]), t.get("legendFormat", "")))
+    if not rows:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.axis("off")
+    elif panel["type"] == "table":
+        columns = sorted({k for labels, _, _ in rows for k in labels})
+        ax.axis("off")
+        table = ax.table(cellText=[[labels.get(c, "") for c in columns] for labels, _, _ in rows],
+                         colLabels=columns, loc="center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+    else:
+        names = [legend(fmt, labels) for labels, _, fmt in rows]
+        ax.barh(names, [v for _, v, _ in rows], color="tab:blue")
+        ax.set_xlabel(UNITS.get(panel["fieldConfig"]["defaults"].get("unit"), (1, ""))[1])
+        ax.tick_params(axis="y", labelsize=7)
+
+
+def pods(base: str, variables: dict[str, str]) -> list[str]:
+    selector = substitute('kvmemo_kv_cache_memory_bytes{namespace=~"$namespace", model_name=~"$model", pod=~"$pod"}',
+                          variables)
+    return sorted(r["metric"]["pod"] for r in prometheus(base, "query", query=f"count by (pod) ({selector})"))
+
+
+def render(base: str, out: Path, variables: dict[str, str], minutes: float) -> None:
+    # A panel that repeats by pod is drawn once per pod, as Grafana does.
+    drawn = []
+    for panel in memory_panels(json.loads(DASHBOARD.read_text())):
+        for pod in pods(base, variables) if panel.get("repeat") == "pod" else [None]:
+            drawn.append((panel, {**variables, "pod": pod} if pod else variables))
+    end = time.time()
+    start = end - minutes * 60
+    fig, axes = plt.subplots(len(drawn), 1, figsize=(12, 3.4 * len(drawn)))
+    for ax, (panel, values) in zip(axes, drawn):
+        ax.set_title(substitute(panel["title"], values), loc="left", fontsize=11)
+        if panel["type"] == "timeseries":
+            draw_timeseries(ax, panel, base, values, start, end)
+        else:
+            draw_instant(ax, panel, base, values, end)
+    fig.suptitle(f"kvmemo — Memory (namespace {variables['namespace']}, model {variables['model']})", fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prometheus", required=True, help="base URL, e.g. http://127.0.0.1:9090")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--namespace", default=".*")
+    parser.add_argument("--model", default=".*")
+    parser.add_argument("--pod", default=".*")
+    parser.add_argument("--minutes", type=float, default=5.0, help="time range of the graphs")
+    args = parser.parse_args()
+    variables = {"namespace": args.namespace, "model": args.model, "pod": args.pod, "__rate_interval": "30s"}
+    render(args.prometheus.rstrip("/"), args.out, variables, args.minutes)
+
+
+if __name__ == "__main__":
+    main()
