@@ -10,9 +10,10 @@ PART_OF_LABEL = "app.kubernetes.io/part-of=kvmemo"
 REPORT_SCHEMA = 1
 
 FP12 = re.compile(r"^[0-9a-f]{12}$")
-# A report is a few hundred bytes; annotations share 256 KiB per object, so anything near this is hostile.
-MAX_REPORT_CHARS = 16 * 1024
-MAX_PODS_PER_REPORT = 256
+# Annotations share 256 KiB per object and a report is under 1 KiB plus its pod names, so the merged
+# report names only the latest pods: 100 fingerprints then stay near 100 KiB even with long names.
+MAX_PODS_PER_REPORT = 16
+MAX_REPORT_CHARS = 8 * 1024
 # 1 PiB: far above any device or host today, far below what breaks float or JSON arithmetic.
 MAX_BYTES = 1 << 50
 

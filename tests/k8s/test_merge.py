@@ -56,3 +56,13 @@ def test_profiler_record_passes_the_controller():
     parsed = parse_report("ab" * 6, json.dumps(report))
     assert parsed.full_bytes == rec.suggestions.full_bytes
     assert parsed.fit_requested_bytes == rec.suggestions.fit_requested_bytes
+
+
+def test_pods_keep_the_latest_names_within_the_limit():
+    from service.publish.contract import MAX_PODS_PER_REPORT
+
+    stored = None
+    for i in range(MAX_PODS_PER_REPORT + 5):
+        stored = json.dumps(merge_reports(stored, new_report(record(), f"pod-{i}")))
+    pods = json.loads(stored)["pods"]
+    assert len(pods) == MAX_PODS_PER_REPORT and pods[-1] == f"pod-{MAX_PODS_PER_REPORT + 4}"
