@@ -171,12 +171,16 @@ def write_kubeconfig(path: Path, host: str, ca_cert: Path, user: dict) -> Path:
 def start(workdir: Path | None = None, log=None) -> ControlPlane:
     """Build if missing, then start. Raises BuildError or ControlPlaneError saying why."""
     binaries = ensure_binaries() if log is None else ensure_binaries(log)
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="kvmemo-envtest-"))
-    plane = ControlPlane(binaries, workdir)
+    chosen = workdir is not None
+    plane = ControlPlane(binaries, Path(workdir or tempfile.mkdtemp(prefix="kvmemo-envtest-")))
     try:
         return plane.start()
     except BaseException:
-        plane.stop()
+        # The error carries the log tails; a directory the caller chose is kept for a closer look.
+        if chosen:
+            plane.stop()
+        else:
+            remove(plane)
         raise
 
 
