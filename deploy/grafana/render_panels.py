@@ -77,6 +77,13 @@ def draw_timeseries(ax, panel, base, variables, start, end):
         xs = sorted({x for _, x, _ in layers for x in x})
         ys = [[dict(zip(x, y)).get(t, 0.0) for t in xs] for _, x, y in layers]
         ax.stackplot(xs, ys, labels=[n for n, _, _ in layers], alpha=0.7)
+        top = max(map(sum, zip(*ys)))
+        # On CPU the "device" is the host: its total would flatten the stack to a line at the bottom.
+        off_scale = [(n, x, y) for n, x, y in lines if max(y) > 5 * top]
+        lines = [line for line in lines if line not in off_scale]
+        for i, (name, _, y) in enumerate(off_scale):
+            ax.text(0.99, 0.95 - 0.08 * i, f"{name}: {y[-1]:.1f} {unit} (off scale)", ha="right", va="top",
+                    transform=ax.transAxes, fontsize=8)
     for name, xs, ys in lines:
         ax.plot(xs, ys, "--" if stacked else "-", linewidth=2 if stacked else 1.2, label=name)
     if not layers and not lines:

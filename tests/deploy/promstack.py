@@ -46,10 +46,10 @@ def serving(port: int) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def start_server(grpc_port: int, metrics_port: int, cache: Path, log: Path) -> subprocess.Popen:
+def start_server(grpc_port: int, metrics_port: int, cache: Path, log: Path, *extra: str) -> subprocess.Popen:
     """`kvmemo serve --model tiny` on CPU, with its plan file store under `cache`."""
     argv = [sys.executable, "-m", "service.cli", "serve", "--model", "tiny", "--host", "127.0.0.1",
-            "--port", str(grpc_port), "--metrics-port", str(metrics_port), "--drain-grace-seconds", "2"]
+            "--port", str(grpc_port), "--metrics-port", str(metrics_port), "--drain-grace-seconds", "2", *extra]
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     wait_until(lambda: serving(grpc_port), 180, f"kvmemo serve on port {grpc_port}", proc, log)

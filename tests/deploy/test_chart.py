@@ -115,6 +115,18 @@ def test_bad_values_fail_with_a_clear_message(helm, setting, message):
     assert message in p.stderr, p.stderr
 
 
+def cli_help(command: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "service.cli", command, "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_service_reads_the_configmap_name_from_the_env():
+    """The chart names the ConfigMap in KVMEMO_CONFIGMAP; serve's flags fall back to KVMEMO_<FLAG>."""
+    assert "[KVMEMO_CONFIGMAP]" in " ".join(cli_help("serve").split())
+
+
 @pytest.mark.parametrize("command, deployment", [("serve", "kvmemo"), ("controller", "kvmemo-controller")])
 def test_flags_exist_in_the_cli(helm, command, deployment):
     """Every flag the chart passes is one `kvmemo <command>` accepts."""
@@ -122,9 +134,6 @@ def test_flags_exist_in_the_cli(helm, command, deployment):
                          "--set", "serving.kvCacheMemoryBytes=1000000")
     args = pod_specs(objs)[deployment]["containers"][0]["args"]
     assert args[0] == command
-    p = subprocess.run([sys.executable, "-m", "service.cli", command, "--help"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    accepted = set(re.findall(r"--[a-z0-9-]+", p.stdout))
+    accepted = set(re.findall(r"--[a-z0-9-]+", cli_help(command)))
     passed = {a.split("=")[0] for a in args[1:]}
     assert passed <= accepted, f"kvmemo {command} does not accept {sorted(passed - accepted)}"
