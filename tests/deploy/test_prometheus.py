@@ -24,12 +24,10 @@ NAMESPACE = "kvmemo-metrics"
 PODS = ("kvmemo-0", "kvmemo-1")
 DASHBOARD = ROOT / "deploy" / "grafana" / "kvmemo-dashboard.json"
 RULES = ROOT / "deploy" / "prometheus" / "kvmemo-rules.yaml"
-# In shared/DESIGN.md and declared in service/metrics.py, but no sample yet: boot (service/server/app.py
-# publish_boot) does not set the memory series, and the preemption counter appears with the first
-# preemption. Queries over them are checked to parse only. The test fails once one of them has data,
-# so that it is taken off this list and its panels are held to returning data.
-NOT_YET_EXPORTED = {"kvmemo_memory_profile_bytes", "kvmemo_device_memory_bytes", "kvmemo_kv_cache_suggested_bytes",
-                    "kvmemo_kv_cache_plan_info", "kvmemo_memory_prediction_error_bytes", "kvmemo_preemptions_total"}
+# Declared in service/metrics.py, but no sample until the first preemption, which this test does not
+# cause. Queries over it are checked to parse only. The test fails once it has data, so that it is
+# taken off this list and its panel is held to returning data.
+NOT_YET_EXPORTED = {"kvmemo_preemptions_total"}
 VARIABLES = {"$namespace": NAMESPACE, "$model": "tiny", "$pod": "|".join(PODS), "$__rate_interval": "30s"}
 
 
@@ -44,8 +42,11 @@ def servers(ports, tmp_path_factory):
     cache, logs = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("logs")
     procs = []
     try:
-        for i in range(2):  # one after the other: the second boots from the plan file the first wrote
-            procs.append(start_server(ports["grpc"][i], ports["metrics"][i], cache, logs / f"serve-{i}.log"))
+        procs.append(start_server(ports["grpc"][0], ports["metrics"][0], cache, logs / "serve-0.log"))
+        # The second boots from the plan file the first wrote. On CPU "device" memory is the host's, which
+        # the first server and whatever else runs here have just used: widen the free-memory gate.
+        procs.append(start_server(ports["grpc"][1], ports["metrics"][1], cache, logs / "serve-1.log",
+                                  "--plan-free-tolerance-bytes", str(8 << 30)))
         yield cache
     finally:
         for p in procs:
@@ -160,7 +161,6 @@ def test_promtool_check_metrics(ports, servers, promtool):
         assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="boot does not export kvmemo_kv_cache_plan_info yet (NOT_YET_EXPORTED)")
 def test_cold_and_warm_boot_are_told_apart(prometheus):
     sources = {r["metric"]["pod"]: r["metric"]["source"] for r in query(prometheus, "kvmemo_kv_cache_plan_info")}
     assert sources["kvmemo-0"] == "profile", sources
