@@ -5,8 +5,8 @@ envtest control plane. Every dashboard query returns data; the alert rules load 
 
 import json
 import math
-import re
 import os
+import re
 import sys
 import time
 import urllib.request
