@@ -52,37 +52,53 @@ def file_store_for(config: EngineConfig) -> FilePlanStore | None:
     return None
 
 
-def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLMEngine, BootReport]:
-    """configmap_plan_reader: fp12 -> plan dict or None (the Kubernetes store), when configured."""
-    report = BootReport()
-    start = time.perf_counter()
+@dataclass(slots=True)
+class Loaded:
+    runner: ModelRunner
+    baseline: snapshot.Snapshot  # after device initialisation, before the weights
+    weights: int  # bytes the weights took (allocator delta on CUDA, RSS delta on CPU)
+    free_after_weights: int
+    fingerprint: str
+
+
+def load_and_fingerprint(config: EngineConfig) -> Loaded:
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.cuda.init()
-    report.baseline = baseline = snapshot.take(device)
-    with timed(report, "load_weights"):
-        runner = ModelRunner(config)
+    baseline = snapshot.take(device)
+    runner = ModelRunner(config)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # loading's temporaries must not count as used
-    loaded = snapshot.take(device)
-    weights = max(0, loaded.allocated - baseline.allocated)
-    report.fingerprint = fp = fingerprint(fingerprint_fields(
-        config, runner.loaded.identity, runner.dtype, runner.max_model_len, device, baseline.total))
+    after = snapshot.take(device)
+    fp = fingerprint(fingerprint_fields(config, runner.loaded.identity, runner.dtype, runner.max_model_len, device,
+                                        baseline.total))
     log.info("fingerprint %s (%s, %s, max_model_len=%d)", fp[:12], config.model, runner.dtype, runner.max_model_len)
+    return Loaded(runner, baseline, max(0, after.allocated - baseline.allocated),
+                  after.free + after.reserved - after.allocated, fp)
+
+
+def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLMEngine, BootReport]:
+    """configmap_plan_reader: fp12 -> plan dict or None (the Kubernetes store), when configured."""
+    report = BootReport()
+    start = time.perf_counter()
+    with timed(report, "load_weights"):
+        loaded = load_and_fingerprint(config)
+    runner, baseline, fp = loaded.runner, loaded.baseline, loaded.fingerprint
+    report.baseline, report.fingerprint = baseline, fp
 
     file_store = file_store_for(config)
     with timed(report, "profile"):
         configmap_plan = configmap_plan_reader(fp[:12]) if configmap_plan_reader else None
-        free_after_weights = loaded.free + loaded.reserved - loaded.allocated
-        decision = planner.decide(config, runner, baseline, free_after_weights, weights, fp, file_store, configmap_plan)
+        decision = planner.decide(config, runner, baseline, loaded.free_after_weights, loaded.weights, fp,
+                                  file_store, configmap_plan)
     report.plan_source, report.plan_reason, report.record = decision.source, decision.reason, decision.record
     if decision.source != "profile":
         log.info("skipped profiling: KV cache of %s from %s", format_bytes(decision.kv_cache_memory_bytes),
                  decision.reason)
 
     with timed(report, "allocate_kv"):
-        if device.type == "cuda":
+        if runner.device.type == "cuda":
             torch.cuda.empty_cache()  # what profiling cached would otherwise sit beside the KV cache
         kv_bytes = decision.kv_cache_memory_bytes
         if kv_bytes > planner.useful_kv_bytes(runner):
@@ -95,7 +111,7 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
     report.kv_cache_memory_bytes = num_blocks * runner.bytes_per_block
 
     with timed(report, "capture_graphs"):
-        if device.type == "cuda" and not config.enforce_eager:
+        if runner.device.type == "cuda" and not config.enforce_eager:
             from service.engine.cuda_graphs import DecodeGraphs
 
             runner.graphs = DecodeGraphs(runner, config.cuda_graph_sizes)
@@ -104,10 +120,23 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
         run_dummy_batch(runner, dummy_prompt_lens(config.max_num_batched_tokens, config.max_num_seqs,
                                                   runner.max_model_len)[: max(1, num_blocks // runner.max_blocks_per_seq)])
     report.phase_seconds["total"] = time.perf_counter() - start
-    check_prediction(report, snapshot.take(device), config, file_store)
+    check_prediction(report, snapshot.take(runner.device), config, file_store)
     if report.record is not None:
         log.info(log_line(report.record, report.kv_cache_memory_bytes))
     return engine, report
+
+
+def record_oom(report: BootReport, config: EngineConfig) -> None:
+    """A device OOM while serving: the file plan is marked stale (the next boot profiles again) and counts it.
+    The ConfigMap's OOM event is written by service.publish; the controller lowers the plan on it."""
+    store = file_store_for(config)
+    if store is None or report.record is None:
+        return
+    report.record.ooms += 1
+    report.record.stale = report.plan_stale = True
+    path = store.save(report.record)
+    log.warning("out of memory while serving with a %s KV cache: plan %s marked stale",
+                format_bytes(report.kv_cache_memory_bytes), path)
 
 
 def check_prediction(report: BootReport, now: snapshot.Snapshot, config: EngineConfig, store) -> None:

@@ -15,6 +15,18 @@ class Flag:
     name: str  # the EngineConfig field
     type: type
     help: str
+    cli: str | None = None  # the flag's and env variable's name, when not the field's
+
+    @property
+    def option(self) -> str:
+        return self.cli or self.name
+
+
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]  # a ValueError names the bad text
+
+
+int_list.__name__ = "comma-separated list of integers"
 
 
 ENGINE_FLAGS = (
@@ -29,6 +41,19 @@ ENGINE_FLAGS = (
     Flag("device", str, "auto, cpu or cuda[:N] (auto: cuda when there is one)"),
     Flag("dtype", str, "auto, float32, float16 or bfloat16 (auto: bfloat16 on cuda, float32 on cpu)"),
     Flag("seed", int, "seed of random preset weights"),
+    Flag("cuda_graph_sizes", int_list, "decode batch sizes captured as CUDA graphs, e.g. 1,2,4,8,16 "
+         "(default: 1, 2, 4, 8, then steps of 16 up to max_num_seqs)"),
+    Flag("kv_cache_policy", str, "which profiled suggestion sizes the KV cache: fit-requested (within "
+         "gpu_memory_utilization) or full (all free memory)"),
+    Flag("kv_cache_safety_bytes", int, "bytes left free beside the measured components (default: 256 MiB on "
+         "CUDA, 64 MiB on CPU)"),
+    Flag("plan_store", str, "where measured plans are kept: auto (the ConfigMap when one is named, else a "
+         "file), file, configmap or none"),
+    Flag("plan_dir", str, "directory of the file plan store (default: ~/.cache/kvmemo/plans)"),
+    Flag("plan_free_tolerance_bytes", int, "a stored plan applies while free memory at start is at least the "
+         "recorded free memory minus this"),
+    Flag("configmap_name", str, "the ConfigMap that holds this deployment's plans (in the pod's namespace, "
+         "POD_NAMESPACE; POD_NAME names the reporting pod)", cli="configmap"),
 )
 
 
@@ -55,13 +80,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = EngineConfig()
     group = parser.add_argument_group("engine", "each flag falls back to the environment variable KVMEMO_<FLAG>")
     for f in ENGINE_FLAGS:
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + f.option.replace("_", "-")
         default = getattr(defaults, f.name)
         if f.type is bool:
-            group.add_argument(flag, action="store_true", default=None, help=f"{f.help} [{env_name(f.name)}]")
+            group.add_argument(flag, dest=f.name, action="store_true", default=None,
+                               help=f"{f.help} [{env_name(f.option)}]")
         else:
-            group.add_argument(flag, type=f.type, default=None, metavar=f.name.upper(),
-                               help=f"{f.help} (default: {default}) [{env_name(f.name)}]")
+            group.add_argument(flag, dest=f.name, type=f.type, default=None, metavar=f.option.upper(),
+                               help=f"{f.help} (default: {default}) [{env_name(f.option)}]")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -70,5 +96,5 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     values = {}
     for f in ENGINE_FLAGS:
         value = getattr(args, f.name, None)
-        values[f.name] = value if value is not None else env_default(f.name, f.type, getattr(defaults, f.name))
+        values[f.name] = value if value is not None else env_default(f.option, f.type, getattr(defaults, f.name))
     return EngineConfig(**values)

@@ -87,9 +87,19 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
         return KVDecision(kv, source, record, f"stored {source} plan for fingerprint {fp[:12]}")
 
     log.info("profiling memory: %s", "; ".join(reasons) or "no plan store is configured")
+    record = profile_record(config, runner, baseline, weights, fp)
+    kv = record.suggestions.for_policy(config.kv_cache_policy)
+    problem = check_kv_bytes(min(kv, useful_kv_bytes(runner)), runner, free_after_weights)
+    if problem:
+        raise ConfigError(f"profiling suggests a {config.kv_cache_policy} KV cache of {kv} bytes, but {problem}; "
+                          f"lower max_model_len or max_num_batched_tokens, or raise gpu_memory_utilization")
+    return KVDecision(kv, "profile", record, "; ".join(reasons) or "no plan store is configured")
+
+
+def profile_record(config: EngineConfig, runner, baseline: Snapshot, weights: int, fp: str) -> PlanRecord:
     components, seconds = profiler.profile(runner, baseline, weights)
     safety = safety_bytes(config, runner.device.type)
-    record = PlanRecord(
+    return PlanRecord(
         fingerprint=fp, device=baseline.device, total_bytes=baseline.total, free_at_start_bytes=baseline.free,
         gpu_memory_utilization=config.gpu_memory_utilization,
         requested_bytes=requested_bytes(config.gpu_memory_utilization, baseline.total), components=components,
@@ -97,9 +107,3 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
                                                  components, safety),
         seconds=seconds,
     )
-    kv = record.suggestions.for_policy(config.kv_cache_policy)
-    problem = check_kv_bytes(min(kv, useful_kv_bytes(runner)), runner, free_after_weights)
-    if problem:
-        raise ConfigError(f"profiling suggests a {config.kv_cache_policy} KV cache of {kv} bytes, but {problem}; "
-                          f"lower max_model_len or max_num_batched_tokens, or raise gpu_memory_utilization")
-    return KVDecision(kv, "profile", record, "; ".join(reasons) or "no plan store is configured")

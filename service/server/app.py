@@ -15,7 +15,9 @@ from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service import metrics
-from service.boot import BootReport, build_engine
+from service.boot import BootReport, build_engine, record_oom
+from service.errors import ConfigError
+from service.memory.export import export_boot_metrics
 from service.config import EngineConfig
 from service.engine.async_engine import AsyncEngine
 from service.engine.sampling import SamplingParams
@@ -63,18 +65,18 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
-async def boot(config: EngineConfig, stop: asyncio.Event):
+async def boot(config: EngineConfig, stop: asyncio.Event, plan_reader=None):
     """build_engine on a daemon thread, so that a signal during boot can still end the process at once."""
     loop = asyncio.get_running_loop()
     booted = loop.create_future()
 
     def run():
         try:
-            result = build_engine(config)
+            result = build_engine(config, plan_reader)
         except BaseException as e:  # handed to the event loop, which reports it
-            loop.call_soon_threadsafe(lambda: booted.done() or booted.set_exception(e))
+            loop.call_soon_threadsafe(lambda e=e: booted.done() or booted.set_exception(e))
         else:
-            loop.call_soon_threadsafe(lambda: booted.done() or booted.set_result(result))
+            loop.call_soon_threadsafe(lambda result=result: booted.done() or booted.set_result(result))
 
     threading.Thread(target=run, name="kvmemo-boot", daemon=True).start()
     stopped = asyncio.ensure_future(stop.wait())
@@ -85,9 +87,7 @@ async def boot(config: EngineConfig, stop: asyncio.Event):
 
 def publish_boot(state: ServerState, report: BootReport) -> None:
     m = state.model_name
-    for phase, seconds in report.phase_seconds.items():
-        metrics.startup_phase_seconds.labels(m, phase).set(seconds)
-    metrics.kv_cache_memory_bytes.labels(m).set(report.kv_cache_memory_bytes)
+    export_boot_metrics(m, report, state.llm.runner.device)
     metrics.kv_cache_blocks.labels(m, "total").set(state.llm.block_manager.num_usable_blocks)
     metrics.kv_cache_blocks.labels(m, "free").set(state.llm.block_manager.num_free_blocks)
     metrics.kv_cache_blocks.labels(m, "used").set(0)
@@ -129,8 +129,15 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from service.publish import ConfigMapPlans
+
+    plans = await asyncio.to_thread(ConfigMapPlans.for_config, config)  # None outside Kubernetes
     try:
-        booted = await boot(config, stop)
+        booted = await boot(config, stop, plans.read_plan if plans else None)
+    except ConfigError as e:
+        log.error("%s", e)
+        await server.stop(grace=None)
+        return 2
     except Exception as e:
         log.error("the engine failed to start: %s", e)
         await server.stop(grace=None)
@@ -141,6 +148,15 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
         return 0
     state.llm, state.report = booted
     publish_boot(state, state.report)
+    if plans:
+        plans.after_boot(state.report)
+
+    def on_oom(report=state.report):
+        record_oom(report, config)
+        if plans:
+            plans.record_oom(report.fingerprint, report.kv_cache_memory_bytes)
+
+    state.on_oom = on_oom
     state.engine = AsyncEngine(state.llm)
     state.engine.on_step = state.on_step
     state.engine.start()
@@ -157,5 +173,7 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
     await stop.wait()
     await drain(state, server, health_servicer, options.drain_grace_seconds)
     state.engine.stop()
+    if plans:
+        plans.close()
     log.info("stopped")
     return 0

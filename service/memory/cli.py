@@ -1,0 +1,39 @@
+"""`kvmemo profile [--json]`: load the weights, profile memory for a config, print the plan record and keep it
+in the file plan store, so that the next `kvmemo serve` with the same config skips profiling."""
+
+import argparse
+import json
+import logging
+import sys
+
+from service.engine_args import add_engine_arguments, engine_config_from_args
+from service.errors import ConfigError, ModelLoadError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the plan record as JSON")
+    add_engine_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.boot import file_store_for, load_and_fingerprint
+    from service.memory.plan import log_line
+    from service.memory.planner import profile_record
+
+    try:
+        config = engine_config_from_args(args)
+        loaded = load_and_fingerprint(config)
+    except (ConfigError, ModelLoadError) as e:
+        print(f"kvmemo profile: {e}", file=sys.stderr)
+        return 2
+    record = profile_record(config, loaded.runner, loaded.baseline, loaded.weights, loaded.fingerprint)
+    store = file_store_for(config)
+    if store is not None:
+        print(f"plan record written to {store.save(record)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(record.to_json(), indent=2, sort_keys=True))
+    else:
+        print(log_line(record, record.suggestions.for_policy(config.kv_cache_policy)))
+    return 0

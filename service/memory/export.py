@@ -1,0 +1,28 @@
+"""The memory metrics of a boot (shared/DESIGN.md), set once the engine is up."""
+
+from service import metrics
+from service.boot import BootReport
+from service.memory import snapshot
+
+
+def export_boot_metrics(model_name: str, report: BootReport, device=None) -> None:
+    m = model_name
+    for phase, seconds in report.phase_seconds.items():
+        metrics.startup_phase_seconds.labels(m, phase).set(seconds)
+    metrics.kv_cache_memory_bytes.labels(m).set(report.kv_cache_memory_bytes)
+    metrics.kv_cache_plan_info.labels(m, report.plan_source, report.fingerprint[:12]).set(1)
+    if report.record is not None:
+        for component, value in report.record.to_json()["components"].items():
+            metrics.memory_profile_bytes.labels(m, component).set(value)
+        s = report.record.suggestions
+        metrics.kv_cache_suggested_bytes.labels(m, "fit-requested").set(s.fit_requested_bytes)
+        metrics.kv_cache_suggested_bytes.labels(m, "full").set(s.full_bytes)
+    if report.prediction_error_bytes is not None:
+        metrics.memory_prediction_error_bytes.labels(m).set(report.prediction_error_bytes)
+    if report.baseline is not None:
+        metrics.device_memory_bytes.labels(m, "total").set(report.baseline.total)
+        metrics.device_memory_bytes.labels(m, "free_at_start").set(report.baseline.free)
+    if device is not None:
+        now = snapshot.take(device)
+        metrics.device_memory_bytes.labels(m, "used").set(now.used)
+        metrics.device_memory_bytes.labels(m, "free").set(now.free)
