@@ -92,9 +92,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     """Raises ConfigError naming the setting, the value and the limit."""
-    defaults = EngineConfig()
     values = {}
     for f in ENGINE_FLAGS:
         value = getattr(args, f.name, None)
-        values[f.name] = value if value is not None else env_default(f.option, f.type, getattr(defaults, f.name))
+        value = value if value is not None else env_default(f.option, f.type, None)
+        if value is not None:  # unset: EngineConfig's default, which may depend on other settings
+            values[f.name] = value
     return EngineConfig(**values)
