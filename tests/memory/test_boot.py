@@ -1,0 +1,121 @@
+"""The whole memory flow on CPU: profile, remember, skip on the next boot, and every reason to profile again."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from service.boot import build_engine, record_oom
+from service.config import EngineConfig
+from service.errors import ConfigError
+from service.memory.store import FilePlanStore
+
+SMALL = dict(model="tiny", device="cpu", max_num_seqs=4, max_model_len=256, max_num_batched_tokens=128)
+
+
+def boot(tmp_path, caplog, **overrides):
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _, report = build_engine(EngineConfig(plan_dir=str(tmp_path), **{**SMALL, **overrides}))
+    return report
+
+
+def test_second_boot_skips_profiling_and_says_so(tmp_path, caplog):
+    cold = boot(tmp_path, caplog)
+    assert cold.plan_source == "profile" and "profiling memory: no plan file" in caplog.text
+    assert cold.record.components.weights > 0 and cold.record.components.activation_peak > 0
+    assert "--kv-cache-memory-bytes=" in caplog.text  # the log line a person can act on
+    warm = boot(tmp_path, caplog)
+    assert warm.plan_source == "file" and "skipped profiling" in caplog.text
+    assert warm.fingerprint == cold.fingerprint
+    assert warm.phase_seconds["profile"] < 0.05 < cold.phase_seconds["profile"]
+    assert warm.kv_cache_memory_bytes == cold.kv_cache_memory_bytes
+
+
+def test_memory_relevant_settings_change_the_fingerprint_and_others_do_not(tmp_path, caplog):
+    base = boot(tmp_path, caplog)
+    assert boot(tmp_path, caplog, gpu_memory_utilization=0.5).fingerprint == base.fingerprint
+    assert boot(tmp_path, caplog, kv_cache_memory_bytes=8 << 20).fingerprint == base.fingerprint
+    changed = boot(tmp_path, caplog, max_num_batched_tokens=64)
+    assert changed.fingerprint != base.fingerprint and changed.plan_source == "profile"
+
+
+def test_the_flag_skips_profiling_entirely(tmp_path, caplog):
+    report = boot(tmp_path, caplog, kv_cache_memory_bytes=8 << 20)
+    assert report.plan_source == "flag" and report.record is None
+    assert not list(tmp_path.iterdir())  # nothing profiled, nothing stored
+
+
+def test_failed_free_memory_gate_profiles_again(tmp_path, caplog):
+    cold = boot(tmp_path, caplog)
+    store = FilePlanStore(tmp_path)
+    cold.record.free_at_start_bytes += 1 << 50  # as if measured on a far emptier machine
+    store.save(cold.record)
+    again = boot(tmp_path, caplog)
+    assert again.plan_source == "profile" and "free at start" in caplog.text
+
+
+def test_corrupted_plan_file_profiles_again(tmp_path, caplog):
+    cold = boot(tmp_path, caplog)
+    FilePlanStore(tmp_path).path(cold.fingerprint).write_text("{")
+    assert boot(tmp_path, caplog).plan_source == "profile"
+    assert "ignoring plan file" in caplog.text
+
+
+def test_stored_plan_below_one_sequence_profiles_again(tmp_path, caplog):
+    cold = boot(tmp_path, caplog)
+    cold.record.suggestions.fit_requested_bytes = 1000
+    FilePlanStore(tmp_path).save(cold.record)
+    assert boot(tmp_path, caplog).plan_source == "profile"
+    assert "fails its checks: 1000 bytes is below one max_model_len=256 sequence" in caplog.text
+
+
+def test_an_oom_marks_the_plan_stale_so_the_next_boot_profiles(tmp_path, caplog):
+    cold = boot(tmp_path, caplog)
+    record_oom(cold, EngineConfig(plan_dir=str(tmp_path), **SMALL))
+    stored = FilePlanStore(tmp_path).load(cold.fingerprint)
+    assert stored.stale and stored.ooms == 1
+    assert boot(tmp_path, caplog).plan_source == "profile" and "marked stale" in caplog.text
+
+
+@pytest.mark.parametrize("value, message", [
+    (5, "5 bytes is below one max_model_len=256 sequence's worth of 16 blocks plus the reserved one"),
+    (1 << 60, "exceeds the"),
+])
+def test_flag_outside_its_limits_names_the_numbers(tmp_path, caplog, value, message):
+    with pytest.raises(ConfigError, match=message):
+        boot(tmp_path, caplog, kv_cache_memory_bytes=value)
+
+
+def kvmemo(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=300,
+                          **kw)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("abc", "invalid int value: 'abc'"),
+    ("-5", "kv_cache_memory_bytes must be a positive integer, got -5"),
+    ("5", "5 bytes is below one max_model_len=256"),
+])
+def test_bad_flag_exits_2_with_a_clear_error(tmp_path, value, fragment):
+    result = kvmemo("run", "hi", "--max-model-len", "256", "--plan-dir", str(tmp_path),
+                    "--kv-cache-memory-bytes", value)
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr
+
+
+def test_kvmemo_profile_json_on_this_machine(tmp_path):
+    result = kvmemo("profile", "--json", "--max-model-len", "256", "--max-num-seqs", "4", "--plan-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    for key in ("fingerprint", "device", "total_bytes", "free_at_start_bytes", "requested_bytes", "components",
+                "safety_bytes", "suggestions", "seconds"):
+        assert key in record
+    assert set(record["components"]) == {"weights", "activation_peak", "non_torch", "cudagraph"}
+    c, s = record["components"], record["suggestions"]
+    assert c["weights"] > 0 and c["activation_peak"] > 0 and c["cudagraph"] == 0 and record["device"] == "cpu"
+    non_kv = sum(c.values())
+    assert s["full_bytes"] == record["free_at_start_bytes"] - non_kv - record["safety_bytes"]
+    assert s["fit_requested_bytes"] == record["requested_bytes"] - non_kv - record["safety_bytes"]
+    assert (tmp_path / f"{record['fingerprint'][:12]}.json").exists()  # remembered for the next serve

@@ -1,0 +1,90 @@
+"""The suggestion formulas, the plan record and the file plan store."""
+
+import json
+import os
+
+import pytest
+
+from service.memory.plan import GiB, Components, PlanRecord, log_line, requested_bytes, suggest
+from service.memory.store import FilePlanStore
+
+
+def gib(x: float) -> int:
+    return round(x * GiB)
+
+
+def test_worked_example_of_vllm_pr_21489():
+    # free 177.66 of 178.36 GiB, utilization 0.9, weights 8.58, activation 9.96, non-torch 0.07, graphs 0.65 GiB
+    components = Components(weights=gib(8.58), activation_peak=gib(9.96), non_torch=gib(0.07), cudagraph=gib(0.65))
+    s = suggest(total=gib(178.36), free_at_start=gib(177.66), utilization=0.9, components=components, safety=0)
+    assert components.non_kv == gib(8.58) + gib(9.96) + gib(0.07) + gib(0.65)
+    assert s.fit_requested_bytes == requested_bytes(0.9, gib(178.36)) - components.non_kv
+    assert s.fit_requested_bytes / GiB == pytest.approx(160.524 - 19.26, abs=1e-6)
+    assert s.full_bytes / GiB == pytest.approx(177.66 - 19.26, abs=1e-6)
+    with_safety = suggest(gib(178.36), gib(177.66), 0.9, components, safety=gib(0.25))
+    assert s.full_bytes - with_safety.full_bytes == gib(0.25)
+    assert s.fit_requested_bytes - with_safety.fit_requested_bytes == gib(0.25)
+
+
+def test_requested_bytes_rounds_up():
+    assert requested_bytes(0.9, 10) == 9
+    assert requested_bytes(0.5, 3) == 2
+
+
+def record(fp="ab" * 32, free=gib(70), **overrides) -> PlanRecord:
+    components = Components(gib(16), gib(2), gib(0.5), gib(0.7))
+    fields = dict(fingerprint=fp, device="NVIDIA H100 80GB HBM3", total_bytes=gib(79.1), free_at_start_bytes=free,
+                  gpu_memory_utilization=0.9, requested_bytes=requested_bytes(0.9, gib(79.1)), components=components,
+                  safety_bytes=gib(0.25), suggestions=suggest(gib(79.1), free, 0.9, components, gib(0.25)), seconds=4.2)
+    return PlanRecord(**{**fields, **overrides})
+
+
+def test_log_line_gives_both_flags_ready_to_paste():
+    r = record()
+    line = log_line(r, r.suggestions.full_bytes)
+    assert f"--kv-cache-memory-bytes={r.suggestions.fit_requested_bytes}" in line
+    assert f"--kv-cache-memory-bytes={r.suggestions.full_bytes}" in line
+    for word in ("weights 16.00 GiB", "peak activation 2.00 GiB", "non-torch 0.50 GiB", "CUDA graphs 0.70 GiB"):
+        assert word in line
+
+
+def test_record_round_trips_and_rejects_foreign_json():
+    r = record()
+    assert PlanRecord.from_json(json.loads(json.dumps(r.to_json()))) == r
+    for bad in ({}, {"schema": 99}, {**r.to_json(), "components": {"weights": 1}},
+                {**r.to_json(), "total_bytes": -1}, [1, 2]):
+        with pytest.raises(ValueError):
+            PlanRecord.from_json(bad)
+
+
+def test_store_writes_atomically_and_reads_back(tmp_path):
+    store = FilePlanStore(tmp_path / "plans")
+    r = record()
+    path = store.save(r)
+    assert path == tmp_path / "plans" / f"{r.fingerprint[:12]}.json"
+    assert store.load(r.fingerprint) == r
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    r.stale = True
+    store.save(r)
+    assert store.load(r.fingerprint).stale
+
+
+def test_store_ignores_corrupted_and_foreign_files(tmp_path, caplog):
+    store = FilePlanStore(tmp_path)
+    fp = "cd" * 32
+    store.path(fp).write_text("{not json")
+    assert store.load(fp) is None
+    assert "ignoring plan file" in caplog.text
+    # A record of another fingerprint that shares the 12-character prefix is not ours.
+    other = record(fp="cd" * 6 + "ef" * 26)
+    store.path(fp).write_text(json.dumps(other.to_json()))
+    assert store.load(fp) is None
+    assert "belongs to fingerprint" in caplog.text
+    assert store.load("ee" * 32) is None  # missing: quietly None
+
+
+def test_store_default_location_is_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert FilePlanStore().directory == tmp_path / "kvmemo" / "plans"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert str(FilePlanStore().directory) == os.path.expanduser("~/.cache/kvmemo/plans")
