@@ -88,8 +88,8 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
     report.baseline, report.fingerprint = baseline, fp
 
     file_store = file_store_for(config)
+    configmap_plan = configmap_plan_reader(fp[:12]) if configmap_plan_reader else None
     with timed(report, "profile"):
-        configmap_plan = configmap_plan_reader(fp[:12]) if configmap_plan_reader else None
         decision = planner.decide(config, runner, baseline, loaded.free_after_weights, loaded.weights, fp,
                                   file_store, configmap_plan)
     report.plan_source, report.plan_reason, report.record = decision.source, decision.reason, decision.record
