@@ -8,6 +8,7 @@ from pathlib import Path
 
 HELM_VERSION = "v3.22.0"
 HELM_KUBE_MINOR = "37"  # the k8s.io modules helm v3.22 is built with; its default for `helm template`
+GRPCURL_VERSION = "v1.9.3"
 CACHE = Path(os.environ.get("KVMEMO_TOOLS_CACHE", Path.home() / ".cache" / "kvmemo" / "tools"))
 
 
@@ -24,28 +25,37 @@ def _run(cmd: list[str], what: str, env: dict | None = None, timeout: int = 1200
         raise ToolError(f"{what}: {' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-3000:]}")
 
 
-def helm() -> Path:
-    """helm built from the Go module proxy with CGO off (the first build takes a few minutes)."""
-    binary = CACHE / f"helm-{HELM_VERSION}" / "helm"
+def go_install(name: str, version: str, package: str, ldflags: str = "") -> Path:
+    """`go install package@version` with CGO off into CACHE/<name>-<version>/<name>, built once."""
+    binary = CACHE / f"{name}-{version}" / name
     if binary.exists():
         return binary
     go = shutil.which("go")
     if go is None:
-        raise ToolError(f"cannot build helm {HELM_VERSION}: no `go` on PATH (Go 1.24+ is needed)")
+        raise ToolError(f"cannot build {name} {version}: no `go` on PATH (Go 1.24+ is needed)")
     tmp = binary.parent.with_name(binary.parent.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(tmp), "GOFLAGS": "-mod=mod"}
-    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    # As helm's Makefile does; without these `helm template` assumes Kubernetes 1.20.
-    for pkg in ("pkg/chartutil", "pkg/lint/rules"):
-        ldflags += f" -X helm.sh/helm/v3/{pkg}.k8sVersionMajor=1 -X helm.sh/helm/v3/{pkg}.k8sVersionMinor={HELM_KUBE_MINOR}"
-    _run([go, "install", "-ldflags", ldflags, f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
-         f"building helm {HELM_VERSION}", env=env)
+    _run([go, "install", *(["-ldflags", ldflags] if ldflags else []), f"{package}@{version}"],
+         f"building {name} {version}", env=env)
     # Rename the finished folder into place, so an interrupted build never leaves a half binary.
     shutil.rmtree(binary.parent, ignore_errors=True)
     tmp.rename(binary.parent)
     return binary
+
+
+def helm() -> Path:
+    """helm built from the Go module proxy (the first build takes a few minutes)."""
+    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+    # As helm's Makefile does; without these `helm template` assumes Kubernetes 1.20.
+    for pkg in ("pkg/chartutil", "pkg/lint/rules"):
+        ldflags += f" -X helm.sh/helm/v3/{pkg}.k8sVersionMajor=1 -X helm.sh/helm/v3/{pkg}.k8sVersionMinor={HELM_KUBE_MINOR}"
+    return go_install("helm", HELM_VERSION, "helm.sh/helm/v3/cmd/helm", ldflags)
+
+
+def grpcurl() -> Path:
+    return go_install("grpcurl", GRPCURL_VERSION, "github.com/fullstorydev/grpcurl/cmd/grpcurl")
 
 
 def _debian_prometheus(name: str) -> Path:

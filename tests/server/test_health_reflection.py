@@ -7,7 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from tests.server.conftest import health_status
-from tests.server.grpcurl import grpcurl
+from tests.tools import grpcurl
 
 SERVICES = ("", "kvmemo.v1.KvmemoService", "inference.GRPCInferenceService")
 
