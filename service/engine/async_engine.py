@@ -55,6 +55,8 @@ class AsyncEngine:
         try:
             while not finished:
                 item = await stream.get()
+                while not isinstance(item, Exception) and not item.finished and not stream.empty():
+                    item = merge(item, stream.get_nowait())  # a slow reader gets fewer, larger messages
                 if isinstance(item, Exception):
                     raise item
                 finished = item.finished
@@ -122,6 +124,16 @@ class AsyncEngine:
                 loop.call_soon_threadsafe(_put_all, pairs)
             except RuntimeError:
                 pass  # that loop has closed
+
+
+def merge(first: RequestOutput, second):
+    """Two consecutive outputs of one request as one (an exception wins)."""
+    if isinstance(second, Exception):
+        return second
+    second.new_token_ids = first.new_token_ids + second.new_token_ids
+    second.new_text = first.new_text + second.new_text
+    second.logprobs = first.logprobs + second.logprobs
+    return second
 
 
 def _put_all(pairs) -> None:

@@ -88,6 +88,8 @@ async def boot(config: EngineConfig, stop: asyncio.Event, plan_reader=None):
 def publish_boot(state: ServerState, report: BootReport) -> None:
     m = state.model_name
     export_boot_metrics(m, report, state.llm.runner.device)
+    metrics.preemptions.labels(m)  # counters exist at 0 from the start, so rates and alerts have a series
+    metrics.oom.labels(m)
     metrics.kv_cache_blocks.labels(m, "total").set(state.llm.block_manager.num_usable_blocks)
     metrics.kv_cache_blocks.labels(m, "free").set(state.llm.block_manager.num_free_blocks)
     metrics.kv_cache_blocks.labels(m, "used").set(0)
