@@ -67,14 +67,15 @@ def measure_batch_peak(runner, lens: list[int]) -> int:
     runner.allocate_kv_cache(blocks_for(lens, runner.block_size))
     try:
         if runner.device.type == "cuda":
-            # Reserved, not allocated: the allocator's rounding and fragmentation take device memory too.
+            # The larger of the allocated and the reserved peak: reserved counts the allocator's rounding and
+            # fragmentation, but stays flat when small activations fit in the free space of existing segments.
             torch.cuda.empty_cache()
             torch.cuda.synchronize()
-            before = torch.cuda.memory_reserved()
+            allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
             torch.cuda.reset_peak_memory_stats()
             run_dummy_batch(runner, lens)
             torch.cuda.synchronize()
-            return torch.cuda.max_memory_reserved() - before
+            return max(torch.cuda.max_memory_allocated() - allocated, torch.cuda.max_memory_reserved() - reserved)
         gc.collect()
         before, _ = process_rss()
         reset_peak_rss()
