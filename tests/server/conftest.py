@@ -66,6 +66,7 @@ def start_server(log_dir: Path, *extra: str) -> Server:
     cmd = [*kvmemo_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port",
            str(metrics_port), "--model", "tiny", *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVMEMO_")}
+    env["XDG_CACHE_HOME"] = str(log_dir / "cache")  # plan files stay out of the user's cache
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = Server(proc, port, metrics_port, log_path, [])
