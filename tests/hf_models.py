@@ -33,3 +33,21 @@ def save_hf_model(kind: str, path: Path, seed: int = 0):
     model = model.float().eval()
     model.save_pretrained(path, safe_serialization=True)
     return model
+
+QWEN2 = dict(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1000000.0,
+             bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+
+
+def save_qwen2_model(path: Path, seed: int = 0):
+    """Qwen2: bias on q, k and v. Biases are randomised so that a dropped bias shows."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**QWEN2)).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path, safe_serialization=True)
+    return model

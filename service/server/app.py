@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service import metrics
 from service.boot import BootReport, build_engine, record_oom
-from service.errors import ConfigError
+from service.errors import ConfigError, ModelLoadError
 from service.memory.export import export_boot_metrics
 from service.config import EngineConfig
 from service.engine.async_engine import AsyncEngine
@@ -136,7 +136,7 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
     plans = await asyncio.to_thread(ConfigMapPlans.for_config, config)  # None outside Kubernetes
     try:
         booted = await boot(config, stop, plans.read_plan if plans else None)
-    except ConfigError as e:
+    except (ConfigError, ModelLoadError) as e:  # bad settings or model: exit 2, as for a bad flag
         log.error("%s", e)
         await server.stop(grace=None)
         return 2
