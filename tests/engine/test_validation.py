@@ -89,3 +89,19 @@ def test_random_preset_weights_are_seeded():
     w = "model.layers.0.mlp.gate_up_proj.weight"
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a[w], c[w])
     assert abs(a[w].std().item() - 0.02) < 0.002 and abs(a[w].mean().item()) < 0.002
+
+
+def test_device_oom_in_a_step_fails_that_batch_and_the_engine_keeps_serving(tiny_runner, monkeypatch):
+    import torch
+
+    engine = make_engine(tiny_runner)
+    engine.add_request("victim", [256, 1, 2], SamplingParams(max_tokens=4, ignore_eos=True))
+    real_run = engine.runner.run
+    monkeypatch.setattr(engine.runner, "run", lambda batch: (_ for _ in ()).throw(torch.OutOfMemoryError("boom")))
+    (out,) = engine.step()
+    assert out.finished and out.finish_reason == "error" and out.error.startswith("resource exhausted")
+    assert engine.num_ooms == 1 and engine.block_manager.num_free_blocks == engine.block_manager.num_usable_blocks
+    monkeypatch.setattr(engine.runner, "run", real_run)
+    engine.add_request("next", [256, 3], SamplingParams(max_tokens=4, ignore_eos=True))
+    tokens, _, reasons = run_to_completion(engine)
+    assert reasons == {"next": "length"} and len(tokens["next"]) == 4
