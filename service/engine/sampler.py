@@ -44,6 +44,8 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     device = logits.device
     params = batch.params
     rows = len(params)
+    if all(p.greedy for p in params):  # no softmax or noise over the vocabulary
+        return _with_logprobs(logits, logits.argmax(dim=-1), params)
     greedy = torch.tensor([p.greedy for p in params], device=device)
     temperature = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)
     scaled = logits / temperature.unsqueeze(1)
@@ -60,7 +62,12 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
             gen.manual_seed((p.seed * 1_000_003 + batch.output_lens[i]) % (2**63))
             noise[i].exponential_(generator=gen)
     sampled = torch.where(greedy, logits.argmax(dim=-1), (probs / noise).argmax(dim=-1))
+    return _with_logprobs(logits, sampled, params)
 
+
+def _with_logprobs(logits: torch.Tensor, sampled: torch.Tensor, params: list[SamplingParams]) -> SamplerOutput:
+    """The one host transfer of a step: sampled ids, and the requested logprobs with them."""
+    rows = len(params)
     want_logprobs = [p.logprobs is not None for p in params]
     if not any(want_logprobs):
         return SamplerOutput(sampled.tolist(), [None] * rows)
