@@ -7,7 +7,8 @@ import grpc
 from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
 from tests.server.conftest import wait_all_blocks_free
 
-LONG = pb.GenerateRequest(text="Tell me a long story", max_tokens=200, sampling=pb.SamplingParameters(temperature=0),
+# Long enough (at most max_model_len=1024) that no deadline in these tests can pass it.
+LONG = pb.GenerateRequest(text="Tell me a long story", max_tokens=1000, sampling=pb.SamplingParameters(temperature=0),
                           stop=pb.StopConditions(ignore_eos=True))
 
 

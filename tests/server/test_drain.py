@@ -3,6 +3,7 @@
 import signal
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -16,13 +17,27 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def long_request(max_tokens: int) -> pb.GenerateRequest:
+    # "Once upon a time" is 17 tokens; with max_model_len=1024 up to 1007 can follow: long enough that
+    # nothing finishes while a test still needs it in flight.
     return pb.GenerateRequest(text="Once upon a time", max_tokens=max_tokens, stop=pb.StopConditions(ignore_eos=True),
                               sampling=pb.SamplingParameters(temperature=0))
 
 
+def wait_until_waiting(server, n: int, timeout: float = 20.0) -> None:
+    """Until the engine reports n requests waiting (kvmemo_requests_waiting)."""
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    while True:
+        page = urllib.request.urlopen(url, timeout=5).read().decode()
+        if f'kvmemo_requests_waiting{{model_name="tiny"}} {float(n)}' in page:
+            return
+        assert time.monotonic() < deadline, f"the engine never had {n} requests waiting"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("drain"), "--max-model-len", "256", "--max-num-seqs", "1",
+    srv = start_server(tmp_path_factory.mktemp("drain"), "--max-model-len", "1024", "--max-num-seqs", "1",
                        "--max-concurrent-requests", "2", "--drain-grace-seconds", "60")
     yield srv
     srv.stop(signal.SIGKILL)
@@ -31,9 +46,10 @@ def own_server(tmp_path_factory):
 def test_max_concurrent_requests_gives_resource_exhausted_naming_the_limit(own_server):
     with own_server.channel() as channel:
         stub = pb_grpc.KvmemoServiceStub(channel)
-        first, second = stub.Generate(long_request(100)), stub.Generate(long_request(100))
-        next(first)
-        time.sleep(0.3)  # the second is admitted and waits: max_num_seqs=1
+        first = stub.Generate(long_request(1000))
+        next(first)  # running; only then the second, which waits (max_num_seqs=1)
+        second = stub.Generate(long_request(1000))
+        wait_until_waiting(own_server, 1)
         with pytest.raises(grpc.RpcError) as err:
             stub.Complete(long_request(2))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -45,7 +61,7 @@ def test_max_concurrent_requests_gives_resource_exhausted_naming_the_limit(own_s
 def test_sigterm_drains_in_flight_streams_and_exits_0(own_server):
     with own_server.channel() as channel:
         stub = pb_grpc.KvmemoServiceStub(channel)
-        stream = stub.Generate(long_request(30))
+        stream = stub.Generate(long_request(1000))
         received = [next(stream)]
         rest = threading.Thread(target=lambda: received.extend(stream))
         rest.start()
@@ -60,5 +76,5 @@ def test_sigterm_drains_in_flight_streams_and_exits_0(own_server):
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
         rest.join(timeout=60)
     assert received[-1].finish_reason == pb.FINISH_REASON_LENGTH
-    assert sum(len(m.token_ids) for m in received) == 30
+    assert sum(len(m.token_ids) for m in received) == 1000
     assert own_server.proc.wait(timeout=30) == 0, own_server.log()[-3000:]
