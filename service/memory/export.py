@@ -22,6 +22,8 @@ def export_boot_metrics(model_name: str, report: BootReport, device=None) -> Non
     if report.baseline is not None:
         metrics.device_memory_bytes.labels(m, "total").set(report.baseline.total)
         metrics.device_memory_bytes.labels(m, "free_at_start").set(report.baseline.free)
+        if report.baseline.nvml_used is not None:  # NVML's view: every process on the device, not just ours
+            metrics.device_memory_bytes.labels(m, "nvml_used_at_start").set(report.baseline.nvml_used)
     if device is not None:
         now = snapshot.take(device)
         metrics.device_memory_bytes.labels(m, "used").set(now.used)
