@@ -1,6 +1,6 @@
 """The one engine configuration, validated once and passed whole."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.errors import ConfigError
 

@@ -1,6 +1,5 @@
 """Tokenizers: a Hugging Face tokenizer.json through `tokenizers`, or a byte-level one for presets."""
 
-import json
 from pathlib import Path
 
 from service.errors import ModelLoadError

@@ -108,10 +108,10 @@ class LLMEngine:
         if not batch:
             return []
         try:
-            sampled = self.runner.run(batch)
+            sampling, sampled = self.runner.run(batch)
         except torch.OutOfMemoryError as e:
             return self._fail_batch(batch, e)
-        return self._postprocess(self.runner.order(batch), sampled, batch)
+        return self._postprocess(sampling, sampled, batch)
 
     def _postprocess(self, sampling: list[ScheduledSeq], sampled, batch) -> list[RequestOutput]:
         for s in batch:

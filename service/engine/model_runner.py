@@ -69,8 +69,8 @@ class ModelRunner:
 
     # --- one step -----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, batch: list[ScheduledSeq]) -> SamplerOutput:
-        """Runs the model over the batch; returns one sampled token per sequence that samples, in order."""
+    def run(self, batch: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], SamplerOutput]:
+        """Runs the model over the batch; returns the sequences that sample and one token for each, in order."""
         batch = sorted(batch, key=lambda s: s.num_new_tokens > 1)  # decodes first, then prefills
         sampling = [s for s in batch if s.samples]
         is_decode_only = all(s.num_new_tokens == 1 for s in batch)
@@ -80,13 +80,9 @@ class ModelRunner:
             input_ids, positions, meta, logits_indices = self.prepare(batch)
             logits = self.model(input_ids, positions, self.kv_caches, meta, logits_indices)
         if not sampling:
-            return SamplerOutput([], [])
+            return [], SamplerOutput([], [])
         params = SamplingBatch([s.seq.params for s in sampling], [len(s.seq.output_token_ids) for s in sampling])
-        return sample(logits, params)
-
-    def order(self, batch: list[ScheduledSeq]) -> list[ScheduledSeq]:
-        """The order in which run() returns sampled tokens."""
-        return [s for s in sorted(batch, key=lambda s: s.num_new_tokens > 1) if s.samples]
+        return sampling, sample(logits, params)
 
     def prepare(self, batch: list[ScheduledSeq]):
         input_ids, positions, slots, logits_indices = [], [], [], []

@@ -43,7 +43,6 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     """logits: [rows, vocab] float32, one row per sampling sequence."""
     device = logits.device
     params = batch.params
-    rows = len(params)
     if all(p.greedy for p in params):  # no softmax or noise over the vocabulary
         return _with_logprobs(logits, logits.argmax(dim=-1), params)
     greedy = torch.tensor([p.greedy for p in params], device=device)

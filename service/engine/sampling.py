@@ -1,6 +1,6 @@
 """Per-request sampling parameters, validated at the engine boundary."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.errors import InvalidRequest
 
