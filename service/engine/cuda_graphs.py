@@ -49,19 +49,21 @@ class DecodeGraphs:
         n = len(batch)
         bs = next(s for s in self.sizes if s >= n)
         block_size = self.runner.block_size
-        tables = self.runner.block_table_tensor(batch)
-        width = tables.shape[1]
+        width = max(len(s.seq.block_table) for s in batch)
+        tables = np.full((n, width), NULL_BLOCK, dtype=np.int32)
         ids, positions, slots = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
         for i, s in enumerate(batch):
             seq, pos = s.seq, s.seq.num_computed_tokens
+            tables[i, : len(seq.block_table)] = seq.block_table
             ids[i] = seq.token_ids(pos, pos + 1)[0]
             positions[i] = pos
             slots[i] = seq.block_table[pos // block_size] * block_size + pos % block_size
+        dev = self.runner.device
         self.input_ids[:n].copy_(torch.from_numpy(ids), non_blocking=True)
         self.positions[:n].copy_(torch.from_numpy(positions), non_blocking=True)
         self.slot_mapping[:n].copy_(torch.from_numpy(slots), non_blocking=True)
         self.context_lens[:n].copy_(torch.from_numpy(positions + 1), non_blocking=True)
-        self.block_tables[:n, :width].copy_(tables, non_blocking=True)
+        self.block_tables[:n, :width].copy_(torch.from_numpy(tables).to(dev), non_blocking=True)
         if bs > n:  # padded rows: one token of context, K/V written into the null block
             self.slot_mapping[n:bs].fill_(NULL_BLOCK * block_size)
             self.context_lens[n:bs].fill_(1)
