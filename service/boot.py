@@ -74,8 +74,11 @@ def load_and_fingerprint(config: EngineConfig) -> Loaded:
     fp = fingerprint(fingerprint_fields(config, runner.loaded.identity, runner.dtype, runner.max_model_len, device,
                                         baseline.total))
     log.info("fingerprint %s (%s, %s, max_model_len=%d)", fp[:12], config.model, runner.dtype, runner.max_model_len)
-    return Loaded(runner, baseline, max(0, after.allocated - baseline.allocated),
-                  after.free + after.reserved - after.allocated, fp)
+    weights = max(0, after.allocated - baseline.allocated)
+    if device.type != "cuda":
+        # RSS grows by less than the weights when they land in heap pages this process freed earlier.
+        weights = max(weights, sum(t.nbytes for t in (*runner.model.parameters(), *runner.model.buffers())))
+    return Loaded(runner, baseline, weights, after.free + after.reserved - after.allocated, fp)
 
 
 def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLMEngine, BootReport]:

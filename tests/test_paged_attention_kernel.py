@@ -1,4 +1,4 @@
-"""The Triton paged decode-attention kernel against the PyTorch reference.
+"""The Triton paged attention kernels (decode and prefill) against their PyTorch references.
 
 On CPU the kernel runs under Triton's interpreter. TRITON_INTERPRET is read when a kernel is
 decorated, so the interpreter cases run in child processes (this file run as a script) and never
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from service.kernels.paged_attention import paged_decode_attention, paged_decode_attention_reference
+from service.kernels.paged_prefill import paged_prefill_attention, paged_prefill_attention_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 2  # one child per core on the CI machines
@@ -55,6 +56,51 @@ def check(case, num_splits=None, atol=1e-5, rtol=1e-5, strided_q=False):
     torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
 
 
+def make_prefill_case(num_kv_heads, group, head_dim, block_size, context_lens, q_lens, dtype, device, seed=0):
+    """make_case's caches and tables; q holds q_lens[i] new tokens at the end of sequence i's context."""
+    q, k_cache, v_cache, tables, lens = make_case(num_kv_heads, group, head_dim, block_size, context_lens, dtype,
+                                                  device, max_blocks=None, seed=seed)
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    q = torch.randn(sum(q_lens), num_kv_heads * group, head_dim, generator=g).to(dtype).to(device)
+    starts = torch.tensor([0] + q_lens, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
+    return q, k_cache, v_cache, tables, starts, lens, max(q_lens)
+
+
+def check_prefill(case, atol=1e-5, rtol=1e-5, strided_q=False, **launch):
+    q, k_cache, v_cache, tables, starts, lens, max_q_len = case
+    if strided_q:
+        wide = torch.randn(q.shape[0], q.shape[1] + 5, q.shape[2], dtype=q.dtype, device=q.device)
+        wide[:, 2:q.shape[1] + 2] = q
+        q = wide[:, 2:q.shape[1] + 2]
+    scale = q.shape[-1] ** -0.5
+    got = paged_prefill_attention(q, k_cache, v_cache, tables, starts, lens, max_q_len, scale, **launch)
+    want = paged_prefill_attention_reference(q, k_cache, v_cache, tables, starts, lens, scale)
+    assert got.dtype == q.dtype and got.shape == q.shape
+    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
+
+
+def prefill_interpreter_cases():
+    """Whole prompts, chunks after cached context, one-token rows and tiles that end mid-block."""
+    cases = []
+    for group in (1, 4, 8):
+        for head_dim, block_size in ((32, 16), (64, 32), (128, 16)):
+            lens, q_lens = [1, 40, 130, 77], [1, 40, 65, 13]
+            name = f"prefill-g{group}-d{head_dim}-b{block_size}"
+            case = (2, group, head_dim, block_size, lens, q_lens, torch.float32, "cpu", len(cases))
+            cases.append((name, lambda c=case: check_prefill(make_prefill_case(*c))))
+    cases += [
+        ("prefill-fp16", lambda: check_prefill(make_prefill_case(2, 4, 64, 16, [70, 129], [70, 33], torch.float16,
+                                                                  "cpu"), atol=2e-3, rtol=2e-3)),
+        ("prefill-strided-q", lambda: check_prefill(make_prefill_case(2, 2, 64, 16, [50, 90], [50, 20], torch.float32,
+                                                                       "cpu"), strided_q=True)),
+        ("prefill-small-tiles", lambda: check_prefill(make_prefill_case(1, 4, 64, 16, [100, 37], [100, 37],
+                                                                         torch.float32, "cpu"), block_m=16, block_n=16)),
+        ("prefill-head-dim-256", lambda: check_prefill(make_prefill_case(1, 2, 256, 64, [90], [60], torch.float32,
+                                                                          "cpu"))),
+    ]
+    return cases
+
+
 def interpreter_cases():
     """(name, thunk) pairs: GQA 1/4/8 x head_dim 64/128 x block 16/32, lengths 1..300."""
     cases = []
@@ -82,7 +128,30 @@ def interpreter_cases():
         ("wide-table-and-empty", lambda: check(make_case(2, 4, 64, 16, [0, 40, 9], torch.float32, "cpu",
                                                          max_blocks=40))),
     ]
-    return cases
+    return cases + prefill_interpreter_cases() + [("engine-kernels-equal-reference", check_engine_kernels)]
+
+
+def check_engine_kernels():
+    """The engine's metadata for both kernels: chunked prefills after cached context, decodes, preemption-free
+    mixed batches; greedy tokens equal the padded-SDPA reference path's."""
+    from service.config import EngineConfig
+    from service.engine.engine import LLMEngine
+    from service.engine.model_runner import ModelRunner
+    from service.engine.sampling import SamplingParams
+    from tests.engine.conftest import run_to_completion
+
+    def greedy(use_triton):
+        config = EngineConfig(model="tiny", device="cpu", dtype="float32", max_num_seqs=3, max_model_len=256,
+                              max_num_batched_tokens=40, kv_cache_memory_bytes=8 << 20, plan_store="none")
+        runner = ModelRunner(config)
+        runner.use_triton = use_triton
+        engine = LLMEngine(config, runner, num_blocks=runner.num_blocks_for(config.kv_cache_memory_bytes))
+        for i, n in enumerate((3, 70, 17, 101, 1)):
+            engine.add_request(str(i), [256] + list(range(10, 10 + n)),
+                               SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+        return run_to_completion(engine)[0]
+
+    assert greedy(True) == greedy(False)
 
 
 def run_interpreter_shard(shard: int, shards: int) -> int:
@@ -190,6 +259,27 @@ def test_kernel_replays_in_cuda_graph(batch):
         graph.replay()
         want = paged_decode_attention_reference(q, k_cache, v_cache, tables, lens, scale)
         torch.testing.assert_close(out.float(), want.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("head_dim,block_size", [(64, 16), (128, 16), (128, 32), (256, 16)])
+def test_prefill_kernel_matches_reference_on_gpu_bf16(group, head_dim, block_size):
+    g = torch.Generator().manual_seed(group * 1000 + head_dim + block_size)
+    lens = [1, 8192, 4096, block_size, 3 * block_size + 1] + torch.randint(1, 2049, (6,), generator=g).tolist()
+    q_lens = [1, 8192, 1000, block_size, 5] + [int(torch.randint(1, n + 1, (1,), generator=g)) for n in lens[5:]]
+    case = make_prefill_case(8 if group < 8 else 4, group, head_dim, block_size, lens, q_lens, torch.bfloat16,
+                             "cuda", seed=group)
+    check_prefill(case, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.float32, 1e-4)])
+def test_prefill_kernel_matches_reference_on_gpu_other_dtypes(dtype, tol):
+    case = make_prefill_case(4, 4, 128, 16, [1, 17, 512, 4095, 8192], [1, 17, 100, 4095, 63], dtype, "cuda")
+    check_prefill(case, atol=tol, rtol=tol)
 
 
 if __name__ == "__main__":

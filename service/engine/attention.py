@@ -2,9 +2,9 @@
 
 A batch's tokens are packed: first one token for each decoding sequence, then the new tokens of each
 prefilling sequence (whole prompts or chunks of them). New K/V go into the cache by slot mapping first;
-then decodes read the cache through their block tables (a Triton kernel on CUDA, a gather-then-SDPA
-reference elsewhere) and prefills run SDPA over their sequences padded to one batch with an explicit
-causal mask that accounts for the context already cached."""
+then attention reads the cache through the block tables. On CUDA, Triton kernels: split-K for decodes, a
+flash-attention prefill kernel whose memory stays O(tokens). Elsewhere, a reference: SDPA over the
+sequences padded to one batch, with an explicit causal mask that accounts for the context already cached."""
 
 from dataclasses import dataclass
 
@@ -31,7 +31,11 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] int32 (Triton path)
     decode_context_lens: torch.Tensor | None = None  # [num_decodes] int32 (Triton path)
     decode_group: GroupMetadata | None = None  # reference path
-    prefill_group: GroupMetadata | None = None
+    prefill_block_tables: torch.Tensor | None = None  # [num_prefills, max_blocks] int32 (Triton path)
+    prefill_query_start_loc: torch.Tensor | None = None  # [num_prefills + 1] int32 (Triton path)
+    prefill_context_lens: torch.Tensor | None = None  # [num_prefills] int32, new tokens included (Triton path)
+    prefill_max_q_len: int = 0  # (Triton path)
+    prefill_group: GroupMetadata | None = None  # reference path
 
 
 def write_kv(k, v, k_cache, v_cache, slot_mapping):
@@ -60,7 +64,7 @@ def padded_sdpa(q, k_cache, v_cache, group: GroupMetadata, scale: float) -> torc
 def paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     nd = meta.num_decode_tokens
-    if meta.prefill_group is None and meta.decode_group is None:
+    if nd == q.shape[0] and meta.decode_group is None:
         # The pure-decode fast path (and the only one inside CUDA graphs).
         return decode_attention(q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale)
     out = torch.empty_like(q)
@@ -72,6 +76,11 @@ def paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: f
                                         meta.decode_context_lens, scale)
     if meta.prefill_group is not None:
         out[nd:] = padded_sdpa(q[nd:], k_cache, v_cache, meta.prefill_group, scale)
+    elif nd < q.shape[0]:
+        from service.kernels.paged_prefill import paged_prefill_attention
+
+        paged_prefill_attention(q[nd:], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_query_start_loc,
+                                meta.prefill_context_lens, meta.prefill_max_q_len, scale, out=out[nd:])
     return out
 
 

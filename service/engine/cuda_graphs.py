@@ -1,5 +1,7 @@
 """CUDA graphs for pure-decode batches: one graph per capture size, captured largest first into one shared
-memory pool; a batch replays the smallest graph that fits it, with padded rows writing to the null block."""
+memory pool; a batch replays the smallest graph that fits it, with padded rows writing to the null block.
+Every graph copies its logits into one shared output buffer, so the pool holds one batch's temporaries
+rather than every size's logits (about 1.2 GB for 20 sizes of a 128K vocabulary)."""
 
 import numpy as np
 import torch
@@ -20,8 +22,8 @@ class DecodeGraphs:
         # Full width: a graph's kernels are shaped for the longest sequence the engine allows.
         self.block_tables = torch.full((max_bs, runner.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32, device=dev)
         self.context_lens = torch.ones(max_bs, dtype=torch.int32, device=dev)
+        self.logits = torch.empty(max_bs, runner.model_config.vocab_size, dtype=torch.float32, device=dev)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}
         self.pool = None
 
     def _forward(self, bs: int) -> torch.Tensor:
@@ -36,7 +38,7 @@ class DecodeGraphs:
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self.logits[bs] = self._forward(bs)
+                self.logits[:bs].copy_(self._forward(bs))
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[bs] = graph
@@ -68,4 +70,4 @@ class DecodeGraphs:
             self.slot_mapping[n:bs].fill_(NULL_BLOCK * block_size)
             self.context_lens[n:bs].fill_(1)
         self.graphs[bs].replay()
-        return self.logits[bs][:n]
+        return self.logits[:n]

@@ -110,7 +110,15 @@ class ModelRunner:
                                                         dtype=torch.int32, device=dev)
             else:
                 meta.decode_group = self.group_metadata(decodes)
-        if prefills:
+        if prefills and self.use_triton:
+            q_lens = np.array([s.num_new_tokens for s in prefills], dtype=np.int32)
+            context_lens = np.array([s.seq.num_computed_tokens for s in prefills], dtype=np.int32) + q_lens
+            meta.prefill_block_tables = self.block_table_tensor(prefills)
+            meta.prefill_query_start_loc = torch.from_numpy(np.concatenate([[0], np.cumsum(q_lens, dtype=np.int32)])
+                                                            ).to(dev, non_blocking=True)
+            meta.prefill_context_lens = torch.from_numpy(context_lens).to(dev, non_blocking=True)
+            meta.prefill_max_q_len = int(q_lens.max())
+        elif prefills:
             meta.prefill_group = self.group_metadata(prefills)
         return (
             torch.tensor(input_ids, dtype=torch.int64, device=dev),

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from service.kernels.common import check_heads, check_kernel_operands, load_kv_tile
+
 # Work items the first kernel aims to spread over the device. Decode is bandwidth-bound: a few
 # resident programs per SM keep enough loads in flight without making the reduction large.
 _PROGRAMS_PER_SM = 2
@@ -23,7 +25,9 @@ _MAX_SPLITS = 64
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
+# Lengths and split counts are not specialised on (Triton would compile a variant for each value that is 1 or
+# a multiple of 16), so every capture size of a model shares two compiled split kernels and one reduce kernel.
+@triton.jit(do_not_specialize=["split_len", "num_splits"])
 def _split_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
     qk_scale, split_len, num_splits,
@@ -50,17 +54,11 @@ def _split_kernel(
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    # A tile may span several cache blocks; every token finds its block through the table.
     for tile_start in range(start, end, TILE_N):
         tokens = tile_start + cols
         valid = tokens < end
-        block = tl.load(bt_ptr + seq * stride_bt + tokens // BLOCK_SIZE, mask=valid, other=0)
-        block = block.to(tl.int64)  # num_blocks * block stride can pass 2**31 elements
-        offset = tokens % BLOCK_SIZE
-        k = tl.load(k_ptr + block[:, None] * stride_kb + offset[:, None] * stride_kt
-                    + kv_head * stride_kh + dims[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptr + block[:, None] * stride_vb + offset[:, None] * stride_vt
-                    + kv_head * stride_vh + dims[None, :], mask=valid[:, None], other=0.0)
+        k, v = load_kv_tile(k_ptr, v_ptr, bt_ptr + seq * stride_bt, tokens, valid, kv_head, dims,
+                            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, BLOCK_SIZE)
         # Scores live in the log2 domain (scale * log2(e) folded in) so the softmax uses exp2.
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
@@ -85,7 +83,7 @@ def _split_kernel(
         tl.store(acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=head_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _reduce_kernel(
     m_ptr, l_ptr, acc_ptr, out_ptr, num_splits, stride_os, stride_oh,
     HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr,
@@ -125,16 +123,8 @@ def _split_plan(num_seqs, num_kv_heads, max_tokens, tile_n, device, num_splits=N
 
 
 def _check(q, k_cache, v_cache, block_tables, context_lens):
-    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
-        raise ValueError(f"expected q [seqs, heads, head_dim] and K/V caches [blocks, block_size, "
-                         f"kv_heads, head_dim] of one shape; got q {tuple(q.shape)}, "
-                         f"k {tuple(k_cache.shape)}, v {tuple(v_cache.shape)}")
-    num_seqs, num_heads, head_dim = q.shape
-    _, block_size, num_kv_heads, cache_dim = k_cache.shape
-    if cache_dim != head_dim or num_heads % num_kv_heads:
-        raise ValueError(f"q has {num_heads} heads of dim {head_dim}, the cache {num_kv_heads} KV "
-                         f"heads of dim {cache_dim}; head dims must match and heads must be a "
-                         f"multiple of KV heads")
+    check_heads(q, k_cache, v_cache, "seqs")
+    num_seqs = q.shape[0]
     if block_tables.dim() != 2 or block_tables.shape[0] != num_seqs or context_lens.shape != (num_seqs,):
         raise ValueError(f"block_tables must be [{num_seqs}, max_blocks] and context_lens "
                          f"[{num_seqs}]; got {tuple(block_tables.shape)} and {tuple(context_lens.shape)}")
@@ -149,13 +139,9 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scal
     _check(q, k_cache, v_cache, block_tables, context_lens)
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    if head_dim < 16 or head_dim & (head_dim - 1) or block_size & (block_size - 1):
-        raise ValueError(f"head_dim ({head_dim}) must be a power of two >= 16 (tl.dot) and block_size "
-                         f"({block_size}) a power of two; use paged_decode_attention_reference otherwise")
     if out is None:
         out = torch.empty_like(q)
-    if any(t.stride(-1) != 1 for t in (q, k_cache, v_cache, out)):
-        raise ValueError("q, k_cache, v_cache and out need a contiguous last (head_dim) dimension")
+    check_kernel_operands(q, k_cache, v_cache, out, "paged_decode_attention_reference")
     if num_seqs == 0:
         return out
     group = num_heads // num_kv_heads
@@ -184,7 +170,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scal
         num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:
-        splits_pad = triton.next_power_of_2(splits)
+        splits_pad = max(_MAX_SPLITS, triton.next_power_of_2(splits))  # one variant for every split count
         _reduce_kernel[(num_seqs, num_heads)](
             m, l, acc, out, splits, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, SPLITS_PAD=splits_pad,

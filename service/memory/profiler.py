@@ -113,5 +113,9 @@ def profile(runner, baseline: snapshot.Snapshot, weights: int) -> tuple[Componen
     start = time.perf_counter()
     activation = measure_activation_peak(runner)
     non_torch = max(0, snapshot.take(runner.device).non_torch - baseline.non_torch) if runner.device.type == "cuda" else 0
+    graphs_start = time.perf_counter()
     cudagraph = measure_cudagraph(runner)
-    return Components(weights, activation, non_torch, cudagraph), time.perf_counter() - start
+    end = time.perf_counter()
+    log.info("profiling took %.2f s: activation passes %.2f s, CUDA-graph pass %.2f s",
+             end - start, graphs_start - start, end - graphs_start)
+    return Components(weights, activation, non_torch, cudagraph), end - start
