@@ -1,13 +1,16 @@
 """Does the measured plan hold? For each model and CUDA-graph setting: a cold boot that profiles (policy
 `full`), the prediction error of non-KV memory after capture and after a max-concurrency soak at that size,
 OOMs and peak device memory during the soak, then a warm boot from the stored plan. Each boot runs in its own
-process, as a restarted pod would.
+process, as a restarted pod would: each with an empty Triton kernel cache (a new pod's is empty too). Python
+bytecode is cached before the first boot, as it is in an installed image (PYTHONPYCACHEPREFIX; some machines
+install packages read-only, and then every process would compile every module it imports).
 
     PYTHONPATH=. python3 bench/memory.py --out bench/results/memory.json
 """
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -93,13 +96,23 @@ def run_boot(args) -> dict:
     return row
 
 
+def cache_bytecode() -> None:
+    """A throwaway boot of the tiny preset imports every module a boot needs, so their bytecode is cached."""
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "kvmemo-bench-pycache"))
+    code = ("from service.boot import build_engine; from service.config import EngineConfig; "
+            "build_engine(EngineConfig(model='tiny', plan_store='none', kv_cache_memory_bytes=1 << 26))")
+    with tempfile.TemporaryDirectory() as triton_cache:
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent,
+                       env={**os.environ, "TRITON_CACHE_DIR": triton_cache})
+
+
 def boot_in_subprocess(args, model, max_model_len, graphs, plan_dir, soak_s) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f, tempfile.TemporaryDirectory() as triton_cache:
         cmd = [sys.executable, __file__, "--single", "--model", model, "--max-model-len", str(max_model_len),
                "--graphs" if graphs else "--no-graphs", "--plan-dir", plan_dir, "--soak", str(soak_s),
                "--max-num-seqs", str(args.max_num_seqs), "--max-num-batched-tokens", str(args.max_num_batched_tokens),
                "--out", f.name]
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env={**os.environ, "TRITON_CACHE_DIR": triton_cache})
         return json.loads(Path(f.name).read_text())
 
 
@@ -125,6 +138,7 @@ def main():
     if args.cases:
         cases = [(m, g == "on", float(s)) for m, g, s in (c.split(":") for c in args.cases.split(","))]
     env = environment()
+    cache_bytecode()
     rows = []
     for model, graphs, soak_s in cases:
         with tempfile.TemporaryDirectory() as plan_dir:
