@@ -119,14 +119,34 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
 
             runner.graphs = DecodeGraphs(runner, config.cuda_graph_sizes)
             runner.graphs.capture()
-        # One batch of the profiled shape brings the allocator to its serving peak before requests come.
-        run_dummy_batch(runner, dummy_prompt_lens(config.max_num_batched_tokens, config.max_num_seqs,
-                                                  runner.max_model_len)[: max(1, num_blocks // runner.max_blocks_per_seq)])
+        warmup_oom = warm_up(runner, config, num_blocks)
     report.phase_seconds["total"] = time.perf_counter() - start
     check_prediction(report, snapshot.take(runner.device), config, file_store)
+    if warmup_oom:
+        engine.num_ooms += 1
+        record_oom(report, config)
     if report.record is not None:
         log.info(log_line(report.record, report.kv_cache_memory_bytes))
     return engine, report
+
+
+def warm_up(runner, config: EngineConfig, num_blocks: int) -> bool:
+    """One batch of the profiled shape brings the allocator to its serving peak before requests come; returns
+    whether it ran out of memory (serving goes on: an out-of-memory step fails only its own requests)."""
+    if runner.device.type == "cuda":
+        # Capture's eager warm-up passes leave cached segments whose sizes fit nothing the batch below asks
+        # for; released, the allocator starts from the state the activation was profiled in.
+        torch.cuda.empty_cache()
+    lens = dummy_prompt_lens(config.max_num_batched_tokens, config.max_num_seqs, runner.max_model_len)
+    try:
+        run_dummy_batch(runner, lens[: max(1, num_blocks // runner.max_blocks_per_seq)])
+        return False
+    except torch.OutOfMemoryError as e:
+        if runner.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.error("the warm-up batch ran out of memory (%s); serving anyway, and the plan is marked stale so that "
+                  "the next boot profiles again", str(e).splitlines()[0])
+        return True
 
 
 def record_oom(report: BootReport, config: EngineConfig) -> None:

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from service.boot import build_engine, record_oom
 from service.config import EngineConfig
+from service.engine.sampling import SamplingParams
 from service.errors import ConfigError
 from service.memory.store import FilePlanStore
 
@@ -119,3 +121,23 @@ def test_kvmemo_profile_json_on_this_machine(tmp_path):
     assert s["full_bytes"] == record["free_at_start_bytes"] - non_kv - record["safety_bytes"]
     assert s["fit_requested_bytes"] == record["requested_bytes"] - non_kv - record["safety_bytes"]
     assert (tmp_path / f"{record['fingerprint'][:12]}.json").exists()  # remembered for the next serve
+
+
+def test_a_warm_up_batch_out_of_memory_serves_anyway_and_marks_the_plan_stale(tmp_path, caplog, monkeypatch):
+    import service.boot
+
+    def out_of_memory(runner, lens):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 376.00 MiB.")
+
+    monkeypatch.setattr(service.boot, "run_dummy_batch", out_of_memory)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        engine, report = build_engine(EngineConfig(plan_dir=str(tmp_path), **SMALL))
+    assert "the warm-up batch ran out of memory" in caplog.text and engine.num_ooms == 1
+    stored = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert report.plan_stale and stored["stale"] and stored["ooms"] == 1
+    monkeypatch.undo()
+    engine.add_request("after", [1, 2, 3], SamplingParams(max_tokens=2, temperature=0))
+    while engine.has_unfinished():
+        engine.step()
+    assert boot(tmp_path, caplog).plan_source == "profile"  # the stale plan is profiled again
