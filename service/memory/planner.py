@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # check that answers it has not run on a GPU yet. On CPU the allocator returns memory to the OS, and 64 MiB
 # covers RSS jitter.
 DEFAULT_SAFETY_BYTES = {"cuda": 512 * MiB, "cpu": 64 * MiB}
+MAX_SAFETY_DOUBLINGS = 4
 
 
 @dataclass(slots=True)
@@ -66,8 +67,11 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
                            configmap_plan.get("free_at_start_bytes"), None))
     elif config.configmap_name:
         reasons.append(f"no kv-cache-plan.{fp[:12]} in ConfigMap {config.configmap_name}")
+    earlier_ooms = 0
     if file_store is not None:
         record = file_store.load(fp)
+        if record is not None and record.stale:
+            earlier_ooms = record.ooms
         if record is None:
             reasons.append(f"no plan file {file_store.path(fp)}")
         elif record.stale:
@@ -90,7 +94,7 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
         return KVDecision(kv, source, record, f"stored {source} plan for fingerprint {fp[:12]}")
 
     log.info("profiling memory: %s", "; ".join(reasons) or "no plan store is configured")
-    record = profile_record(config, runner, baseline, weights, fp)
+    record = profile_record(config, runner, baseline, weights, fp, earlier_ooms)
     kv = record.suggestions.for_policy(config.kv_cache_policy)
     problem = check_kv_bytes(min(kv, useful_kv_bytes(runner)), runner, free_after_weights)
     if problem:
@@ -99,14 +103,20 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
     return KVDecision(kv, "profile", record, "; ".join(reasons) or "no plan store is configured")
 
 
-def profile_record(config: EngineConfig, runner, baseline: Snapshot, weights: int, fp: str) -> PlanRecord:
+def profile_record(config: EngineConfig, runner, baseline: Snapshot, weights: int, fp: str,
+                   earlier_ooms: int = 0) -> PlanRecord:
+    """earlier_ooms: out-of-memory errors of the stale plan this one replaces. Each doubles the safety margin
+    (up to MAX_SAFETY_DOUBLINGS times), so a plan that ran out of memory is not measured into the same size."""
     components, seconds = profiler.profile(runner, baseline, weights)
-    safety = safety_bytes(config, runner.device.type)
+    safety = safety_bytes(config, runner.device.type) << min(earlier_ooms, MAX_SAFETY_DOUBLINGS)
+    if earlier_ooms:
+        log.warning("the previous plan for this fingerprint ran out of memory %d time(s): safety margin %s",
+                    earlier_ooms, format_bytes(safety))
     return PlanRecord(
         fingerprint=fp, device=baseline.device, total_bytes=baseline.total, free_at_start_bytes=baseline.free,
         gpu_memory_utilization=config.gpu_memory_utilization,
         requested_bytes=requested_bytes(config.gpu_memory_utilization, baseline.total), components=components,
         safety_bytes=safety, suggestions=suggest(baseline.total, baseline.free, config.gpu_memory_utilization,
                                                  components, safety),
-        seconds=seconds,
+        seconds=seconds, ooms=earlier_ooms,
     )

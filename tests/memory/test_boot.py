@@ -123,7 +123,7 @@ def test_kvmemo_profile_json_on_this_machine(tmp_path):
     assert (tmp_path / f"{record['fingerprint'][:12]}.json").exists()  # remembered for the next serve
 
 
-def test_a_warm_up_batch_out_of_memory_serves_anyway_and_marks_the_plan_stale(tmp_path, caplog, monkeypatch):
+def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_margin(tmp_path, caplog, monkeypatch):
     import service.boot
 
     def out_of_memory(runner, lens):
@@ -140,4 +140,7 @@ def test_a_warm_up_batch_out_of_memory_serves_anyway_and_marks_the_plan_stale(tm
     engine.add_request("after", [1, 2, 3], SamplingParams(max_tokens=2, temperature=0))
     while engine.has_unfinished():
         engine.step()
-    assert boot(tmp_path, caplog).plan_source == "profile"  # the stale plan is profiled again
+    again = boot(tmp_path, caplog)  # the stale plan is profiled again, with twice the margin
+    assert again.plan_source == "profile" and "ran out of memory 1 time(s)" in caplog.text
+    assert again.record.safety_bytes == 2 * report.record.safety_bytes and again.record.ooms == 1
+    assert again.kv_cache_memory_bytes <= report.kv_cache_memory_bytes
