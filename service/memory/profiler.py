@@ -76,16 +76,16 @@ def constrained_activation_peak(runner, batches, peak: int) -> int:
     dummy batch runs. With memory to spare the allocator never has to fit a request into the free space of
     partly used segments; beside a full-size KV cache it does, and fragmentation can make it need more (an
     H200 Llama-3-8B boot ran out of memory with 1.1 GiB free inside segments, 376 MiB short)."""
-    budget = peak
-    for _ in range(CONSTRAINED_MAX_STEPS):
+    for step in range(CONSTRAINED_MAX_STEPS):
+        budget = peak + step * CONSTRAINED_STEP_BYTES
         if all(runs_within(runner, lens, budget) for lens in batches):
-            if budget > peak:
+            if step:
                 log.info("peak activation: %s with memory to spare, %s with only that much free",
                          format_bytes(peak), format_bytes(budget))
             return budget
-        budget += CONSTRAINED_STEP_BYTES
-    log.warning("the dummy batches still ran out of memory with %s free; using that as the activation peak",
-                format_bytes(budget))
+    budget += CONSTRAINED_STEP_BYTES
+    log.warning("the dummy batches still ran out of memory with %s free; using %s as the activation peak",
+                format_bytes(budget - CONSTRAINED_STEP_BYTES), format_bytes(budget))
     return budget
 
 
