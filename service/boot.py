@@ -148,19 +148,18 @@ def warm_up(runner, config: EngineConfig, num_blocks: int) -> bool:
     """One batch of the profiled shape brings the allocator to its serving peak before requests come; returns
     whether it ran out of memory (serving goes on: an out-of-memory step fails only its own requests)."""
     if runner.device.type == "cuda":
-        # Capture's eager warm-up passes leave cached segments whose sizes fit nothing the batch below asks
-        # for; released, the allocator starts from the state the activation was profiled in.
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # the activation was profiled from an empty cache: start from the same state
     lens = dummy_prompt_lens(config.max_num_batched_tokens, config.max_num_seqs, runner.max_model_len)
     try:
         run_dummy_batch(runner, lens[: max(1, num_blocks // runner.max_blocks_per_seq)])
         return False
     except torch.OutOfMemoryError as e:
-        if runner.device.type == "cuda":
-            torch.cuda.empty_cache()
-        log.error("the warm-up batch ran out of memory (%s); serving anyway, and the plan is marked stale so that "
-                  "the next boot profiles again", str(e).splitlines()[0])
-        return True
+        reason = str(e).splitlines()[0]
+    if runner.device.type == "cuda":
+        torch.cuda.empty_cache()  # outside the handler: its traceback would keep the batch's tensors alive
+    log.error("the warm-up batch ran out of memory (%s); serving anyway, and the plan is marked stale so that "
+              "the next boot profiles again", reason)
+    return True
 
 
 def record_oom(report: BootReport, config: EngineConfig) -> None:

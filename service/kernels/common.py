@@ -3,6 +3,8 @@
 import triton
 import triton.language as tl
 
+LOG2E = 1.4426950408889634  # the kernels fold scale * log2(e) into the scores and use exp2
+
 
 @triton.jit
 def load_kv_tile(k_ptr, v_ptr, table_row_ptr, tokens, valid, kv_head, dims,

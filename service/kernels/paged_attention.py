@@ -16,13 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from service.kernels.common import check_heads, check_kernel_operands, load_kv_tile
+from service.kernels.common import LOG2E, check_heads, check_kernel_operands, load_kv_tile
 
 # Work items the first kernel aims to spread over the device. Decode is bandwidth-bound: a few
 # resident programs per SM keep enough loads in flight without making the reduction large.
 _PROGRAMS_PER_SM = 2
 _MAX_SPLITS = 64
-_LOG2E = 1.4426950408889634
 
 
 # Lengths and split counts are not specialised on (Triton would compile a variant for each value that is 1 or
@@ -161,7 +160,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scal
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # tf32 would cost fp32 inputs accuracy
     _split_kernel[(num_seqs, num_kv_heads, splits)](
         q, k_cache, v_cache, block_tables, context_lens, m, l, acc, out,
-        scale * _LOG2E, split_len, splits,
+        scale * LOG2E, split_len, splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),

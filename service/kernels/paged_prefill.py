@@ -17,9 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from service.kernels.common import check_heads, check_kernel_operands, load_kv_tile
-
-_LOG2E = 1.4426950408889634
+from service.kernels.common import LOG2E, check_heads, check_kernel_operands, load_kv_tile
 
 
 @triton.jit
@@ -104,7 +102,7 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, query_start_loc, 
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     grid = (num_seqs, triton.cdiv(max_q_len, block_m), num_heads)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out, scale * _LOG2E,
+        q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),

@@ -70,11 +70,10 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
     earlier_ooms = 0
     if file_store is not None:
         record = file_store.load(fp)
-        if record is not None and record.stale:
-            earlier_ooms = record.ooms
         if record is None:
             reasons.append(f"no plan file {file_store.path(fp)}")
         elif record.stale:
+            earlier_ooms = record.ooms
             reasons.append(f"plan file {file_store.path(fp)} is marked stale (a boot measured more than it predicted)")
         else:
             candidates.append(("file", record.suggestions.for_policy(config.kv_cache_policy),
