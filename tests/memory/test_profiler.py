@@ -28,3 +28,20 @@ def test_the_search_ends_with_a_warning(monkeypatch, caplog):
     peak = profiler.constrained_activation_peak(None, ([1],), 0)
     assert peak == profiler.CONSTRAINED_MAX_STEPS * profiler.CONSTRAINED_STEP_BYTES
     assert "still ran out of memory" in caplog.text
+
+
+def test_a_cpu_activation_peak_is_never_below_what_the_batch_tensors_hold():
+    """RSS can read no growth at all when the batch reuses freed heap pages (it did under `taskset -c 0`):
+    the profile still counts at least the tensors the batch provably holds at once."""
+    from service.config import EngineConfig
+    from service.engine.model_runner import ModelRunner
+
+    runner = ModelRunner(EngineConfig(model="tiny", device="cpu", max_model_len=256, max_num_seqs=8,
+                                      max_num_batched_tokens=512))
+    lens = profiler.dummy_prompt_lens(512, 8, 256)
+    floor = profiler.activation_floor_bytes(runner, lens)
+    cfg = runner.model_config
+    assert floor >= 512 * (cfg.hidden_size + 3 * cfg.intermediate_size) * 4  # float32 on the CPU
+    for _ in range(3):  # later passes reuse the first one's freed pages
+        assert profiler.measure_batch_peak(runner, lens) >= floor
+    assert profiler.measure_activation_peak(runner) >= floor
