@@ -12,6 +12,7 @@ from typing import AsyncIterator
 
 from service.engine.engine import LLMEngine
 from service.engine.outputs import RequestOutput
+from service import faults
 from service.engine.sampling import SamplingParams
 from service.errors import InvalidRequest
 
@@ -81,6 +82,7 @@ class AsyncEngine:
                 self._wake.wait()
                 self._wake.clear()
                 continue
+            faults.before_step()
             try:
                 outputs = self.engine.step()
             except Exception as e:  # a bug must not take the service down: fail what was running

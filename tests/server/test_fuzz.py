@@ -79,6 +79,6 @@ def test_fuzzed_kserve_sampling_parameters(server, params, prompt):
 
 
 def test_every_block_is_free_after_the_fuzzing(stub, server):
-    info = wait_all_blocks_free(stub, timeout=10)
+    info = wait_all_blocks_free(stub)
     assert info.kv_blocks_free == info.kv_blocks_total
     assert server.proc.poll() is None, "the server died"

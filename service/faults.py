@@ -1,0 +1,34 @@
+"""Faults that tests inject into a real `kvmemo serve`, all in one place: KVMEMO_FAULTS="name=value,..." in
+the process's environment, read once at import. Production never sets it; an unknown name fails the boot.
+
+- step_delay_seconds=S: sleep S before every engine step, so that a test can hold a request mid-stream for
+  as long as it needs (a deadline, a cancel, a drain) whatever the machine's speed."""
+
+import os
+import time
+
+from service.errors import ConfigError
+
+KNOWN = {"step_delay_seconds": float}
+
+
+def parse(text: str) -> dict[str, float]:
+    faults = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in KNOWN:
+            raise ConfigError(f"KVMEMO_FAULTS: unknown fault {name!r}; known: {', '.join(KNOWN)}")
+        try:
+            faults[name] = KNOWN[name](value)
+        except ValueError:
+            raise ConfigError(f"KVMEMO_FAULTS: {name}={value!r} is not a valid {KNOWN[name].__name__}") from None
+    return faults
+
+
+ACTIVE = parse(os.environ.get("KVMEMO_FAULTS", ""))
+
+
+def before_step() -> None:
+    delay = ACTIVE.get("step_delay_seconds")
+    if delay:
+        time.sleep(delay)
