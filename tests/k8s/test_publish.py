@@ -3,7 +3,6 @@
 import json
 import socket
 import threading
-import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -104,20 +103,31 @@ def test_apiserver_down_never_blocks_and_publishes_later(admin, control_plane, n
     before = failures()
     control_plane.stop_apiserver()
     try:
-        started = time.monotonic()
-        publisher.publish_report(record())
-        assert time.monotonic() - started < 0.05, "publishing must not wait for the apiserver"
-        t0, reads = time.monotonic(), failures("read_plan")
+        publisher.publish_report(record())  # only queued: test_silent_apiserver_costs_one_timeout proves it
+        reads = failures("read_plan")
         assert publisher.store.read_plan(FP) is None
-        assert time.monotonic() - t0 < 5, "a plan read must give up within its timeout"
         assert failures("read_plan") == reads + 1
-        wait_for(lambda: failures() >= before + 2, timeout=20, what="failures counted")
+        wait_for(lambda: failures() >= before + 2, timeout=60, what="failures counted")
         assert not publisher.flush(0.1)
     finally:
         control_plane.start_apiserver()
-    assert publisher.flush(30), "the report was not written after the apiserver came back"
+    assert publisher.flush(60), "the report was not written after the apiserver came back"
     publisher.stop()
     assert report_annotation(admin, namespace)["pods"] == ["pod-a"]
+
+
+def accept_all(listener: socket.socket) -> int:
+    """The connections clients have made to `listener` so far. The kernel completes each TCP handshake before
+    accept(), so every connect() of a call that has returned is already queued here."""
+    listener.setblocking(False)
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
 
 
 def test_silent_apiserver_costs_one_timeout(control_plane, pod_env, tmp_path, monkeypatch):
@@ -126,17 +136,21 @@ def test_silent_apiserver_costs_one_timeout(control_plane, pod_env, tmp_path, mo
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
+        silent.listen(64)
         host = f"https://127.0.0.1:{silent.getsockname()[1]}"
         kubeconfig = write_kubeconfig(tmp_path / "silent.kubeconfig", host, control_plane.files.ca_cert,
                                       user={"token": "x"})
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        publisher = Publisher(store(request_timeout=1.0), max_backoff=0.5).start()
+        reads = failures("read_plan")
+        assert store(request_timeout=1.0).read_plan(FP) is None
+        assert failures("read_plan") == reads + 1
+        assert accept_all(silent) == 1, "one read must cost one connection and one timeout, not urllib3's retries"
+
+        # With a timeout far beyond the test, a write that publish_report waited for would have failed by the
+        # time it returned; a queued one is still pending.
+        publisher = Publisher(store(request_timeout=600.0), max_backoff=0.5).start()
         before = failures()
-        started = time.monotonic()
         publisher.publish_report(record())
-        assert time.monotonic() - started < 0.05
-        assert publisher.store.read_plan(FP) is None
-        assert time.monotonic() - started < 2.5, "one read must cost one timeout, not urllib3's retries"
-        wait_for(lambda: failures() >= before + 1, timeout=10, what="the failed write counted")
-        publisher.stop()
+        assert failures() == before and not publisher.flush(0), "publishing must not wait for the apiserver"
+        publisher.stop(timeout=0)
+

@@ -16,14 +16,18 @@ from tests.server.conftest import health_status, start_server
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+# The server sleeps this long before each engine step (service/faults.py): a 1,000-token request then runs
+# for over 20 s on any machine, so nothing finishes while a test still needs it in flight.
+STEP_DELAY_S = 0.02
+
+
 def long_request(max_tokens: int) -> pb.GenerateRequest:
-    # "Once upon a time" is 17 tokens; with max_model_len=1024 up to 1007 can follow: long enough that
-    # nothing finishes while a test still needs it in flight.
+    # "Once upon a time" is 17 tokens; with max_model_len=1024 up to 1007 can follow.
     return pb.GenerateRequest(text="Once upon a time", max_tokens=max_tokens, stop=pb.StopConditions(ignore_eos=True),
                               sampling=pb.SamplingParameters(temperature=0))
 
 
-def wait_until_waiting(server, n: int, timeout: float = 20.0) -> None:
+def wait_until_waiting(server, n: int, timeout: float = 120.0) -> None:
     """Until the engine reports n requests waiting (kvmemo_requests_waiting)."""
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
@@ -38,7 +42,8 @@ def wait_until_waiting(server, n: int, timeout: float = 20.0) -> None:
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("drain"), "--max-model-len", "1024", "--max-num-seqs", "1",
-                       "--max-concurrent-requests", "2", "--drain-grace-seconds", "60")
+                       "--max-concurrent-requests", "2", "--drain-grace-seconds", "120",
+                       env={"KVMEMO_FAULTS": f"step_delay_seconds={STEP_DELAY_S}"})
     yield srv
     srv.stop(signal.SIGKILL)
 
@@ -66,15 +71,15 @@ def test_sigterm_drains_in_flight_streams_and_exits_0(own_server):
         rest = threading.Thread(target=lambda: received.extend(stream))
         rest.start()
         own_server.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while health_status(channel) != NOT_SERVING:
+        deadline = time.monotonic() + 120  # bounds a failing test only
+        while health_status(channel, timeout=30) != NOT_SERVING:
             assert time.monotonic() < deadline, "health never went NOT_SERVING after SIGTERM"
             time.sleep(0.05)
-        assert health_status(channel, "kvmemo.v1.KvmemoService") == NOT_SERVING
+        assert health_status(channel, "kvmemo.v1.KvmemoService", timeout=30) == NOT_SERVING
         with pytest.raises(grpc.RpcError) as err:
             stub.Complete(long_request(2))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
-        rest.join(timeout=60)
+        rest.join(timeout=300)
     assert received[-1].finish_reason == pb.FINISH_REASON_LENGTH
     assert sum(len(m.token_ids) for m in received) == 1000
     assert own_server.proc.wait(timeout=30) == 0, own_server.log()[-3000:]
