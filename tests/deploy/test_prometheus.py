@@ -86,7 +86,9 @@ def traffic(ports, prometheus):
     wait_until(lambda: len(query(prometheus, "kvmemo_time_to_first_token_seconds_count")) == 2, 30,
                "the first wave's histograms scraped")
     wave()
-    time.sleep(3)
+    # Every request of both waves scraped: rate() and increase() then have samples on both sides of the second.
+    wait_until(lambda: sum(float(r["value"][1]) for r in query(prometheus, "kvmemo_time_to_first_token_seconds_count"))
+               >= 64, 120, "the second wave's histograms scraped")
     return time.time()
 
 
@@ -111,7 +113,8 @@ def controller(control_plane, ports, servers, prometheus, tmp_path_factory):
     try:
         wait_until(lambda: query(prometheus, "kvmemo_controller_plan_bytes"), 60, "a plan scraped from the controller",
                    proc, workdir / "controller.log")
-        time.sleep(3)  # rate() and increase() need two scrapes
+        wait_until(lambda: query(prometheus, "count_over_time(kvmemo_controller_plan_bytes[5m]) >= 2"), 120,
+                   "two scrapes of the controller (rate() and increase() need them)", proc, workdir / "controller.log")
         yield ports["controller"]
     finally:
         stop(proc)
@@ -188,7 +191,10 @@ def test_alert_rules_evaluate_on_scraped_series(prometheus, traffic, controller)
     promtool's unit tests cover when they fire. Here: Prometheus loads them and evaluates each without
     error on the real series, and every metric they name is one the scraped processes export (a series,
     or, for a counter with no sample yet such as kvmemo_oom_total, its metadata)."""
-    time.sleep(2)  # at least one evaluation after the controller's series appeared
+    # At least one evaluation of every group after the controller's series appeared.
+    evaluated = {g["name"]: g["lastEvaluation"] for g in api(prometheus, "rules")["data"]["groups"]}
+    wait_until(lambda: all(g["lastEvaluation"] != evaluated[g["name"]] for g in api(prometheus, "rules")["data"]["groups"]),
+               120, "a rule evaluation after the controller's first scrapes")
     groups = api(prometheus, "rules")["data"]["groups"]
     rules = [r for g in groups for r in g["rules"]]
     assert len(rules) == 6
