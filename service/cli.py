@@ -9,6 +9,7 @@ SUBCOMMANDS = {
     "serve": ("service.server.main", "run the gRPC inference service"),
     "profile": ("service.memory.cli", "profile memory for a config and print the plan record"),
     "generate": ("service.client", "send a prompt to a running server"),
+    "chat": ("service.chat_client", "chat with a running server (interactive, or one message)"),
     "run": ("service.engine.cli", "generate in-process, without a server"),
     "controller": ("controller.main", "run the plan controller"),
 }

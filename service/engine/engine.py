@@ -83,7 +83,8 @@ class LLMEngine:
         self.validate(request_id, prompt_token_ids, params)
         if request_id in self.sequences:
             raise InvalidRequest("request_id", f"{request_id!r} is already running")
-        seq = Sequence(request_id, list(prompt_token_ids), params)
+        room = self.max_model_len - len(prompt_token_ids)  # validate() left at least 1
+        seq = Sequence(request_id, list(prompt_token_ids), params, max_output_tokens=min(params.max_tokens, room))
         self.sequences[request_id] = seq
         self.detokenizers[request_id] = Detokenizer(params.stop)
         self.scheduler.add(seq)
@@ -140,7 +141,7 @@ class LLMEngine:
         p = seq.params
         if token in p.stop_token_ids or (not p.ignore_eos and token in self.model_config.eos_token_ids):
             return "stop"
-        if len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+        if len(seq.output_token_ids) >= seq.max_output_tokens:
             return "length"
         return None
 
@@ -150,9 +151,10 @@ class LLMEngine:
         detok = self.detokenizers.pop(seq.request_id)
         del self.sequences[seq.request_id]
         tail = detok.flush() if reason in ("length", "stop") else ""  # text held back for a stop string
+        capped = seq.max_output_tokens if seq.max_output_tokens < seq.params.max_tokens else None
         return RequestOutput(seq.request_id, list(new_tokens), new_text + tail, finished=True, finish_reason=reason,
                              error=error, num_prompt_tokens=seq.num_prompt_tokens,
-                             num_output_tokens=len(seq.output_token_ids))
+                             num_output_tokens=len(seq.output_token_ids), max_tokens_capped_to=capped)
 
     def _fail_batch(self, batch: list[ScheduledSeq], e: Exception) -> list[RequestOutput]:
         """A CUDA OOM inside a step ends the batch's requests with an error; the engine keeps serving."""

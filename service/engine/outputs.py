@@ -13,4 +13,6 @@ class RequestOutput:
     error: str | None = None  # set when finish_reason is "error"
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
+    # on the last output: max_tokens was more than max_model_len - prompt tokens, so generation stopped here
+    max_tokens_capped_to: int | None = None
     logprobs: list = field(default_factory=list)  # per new token: [(id, logprob), top...]

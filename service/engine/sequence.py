@@ -33,6 +33,12 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     num_preemptions: int = 0
+    # params.max_tokens, or less when the context cannot hold that many (the engine sets it on add)
+    max_output_tokens: int | None = None
+
+    def __post_init__(self):
+        if self.max_output_tokens is None:
+            self.max_output_tokens = self.params.max_tokens
 
     @property
     def num_tokens(self) -> int:

@@ -95,6 +95,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         if final and llm.return_num_output_tokens:
             output(response, "num_output_tokens", "UINT32", [out.num_output_tokens])
         response.parameters["triton_final_response"].bool_param = final
+        if final and out.max_tokens_capped_to:  # max_tokens was more than max_model_len - prompt tokens
+            response.parameters["max_tokens_capped_to"].int64_param = out.max_tokens_capped_to
         return response
 
     async def _run(self, request: pb.ModelInferRequest, llm: LLMRequest, streaming: bool):

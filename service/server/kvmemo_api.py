@@ -1,10 +1,13 @@
-"""The kvmemo.v1.KvmemoService servicer: Generate (streaming), Complete (unary), Tokenize, GetModelInfo."""
+"""The kvmemo.v1.KvmemoService servicer: Generate and Chat (streaming), Complete (unary), Tokenize,
+GetModelInfo."""
 
 from contextlib import aclosing
 
 import grpc
 
+from service.chat import encode_chat, render_chat, template_of
 from service.engine.sampling import SamplingParams
+from service.errors import InvalidRequest
 from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
 from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc
 from service.server.requests import Timing, abort_with, check_request_id, encode_prompt, generate
@@ -14,7 +17,7 @@ FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 DEFAULT_MAX_TOKENS = 16
 
 
-def sampling_params(request: pb.GenerateRequest) -> SamplingParams:
+def sampling_params(request: pb.GenerateRequest | pb.ChatRequest) -> SamplingParams:
     """Unset optional fields take SamplingParams' defaults; the engine validates every range."""
     s, stop = request.sampling, request.stop
     return SamplingParams(
@@ -34,10 +37,19 @@ def sampling_params(request: pb.GenerateRequest) -> SamplingParams:
 def prompt_ids(state: ServerState, request: pb.GenerateRequest) -> list[int]:
     kind = request.WhichOneof("prompt")
     if kind == "text":
-        return encode_prompt(state, request.text, "text")
+        return encode_prompt(state, request.text)
     if kind == "token_ids":
         return list(request.token_ids.ids)
     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "prompt: set either text or token_ids")
+
+
+def chat_prompt_ids(state: ServerState, request: pb.ChatRequest) -> list[int]:
+    tokenizer = state.llm.tokenizer
+    try:
+        text = render_chat(tokenizer, [(m.role, m.content) for m in request.messages])
+    except InvalidRequest as e:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+    return encode_chat(tokenizer, text)
 
 
 def logprobs_pb(entries) -> list[pb.Logprobs]:
@@ -52,22 +64,33 @@ def logprobs_pb(entries) -> list[pb.Logprobs]:
 def usage(out, timing: Timing) -> pb.Usage:
     return pb.Usage(prompt_tokens=out.num_prompt_tokens, completion_tokens=out.num_output_tokens,
                     total_tokens=out.num_prompt_tokens + out.num_output_tokens,
-                    time_to_first_token_seconds=timing.ttft, total_seconds=timing.total)
+                    time_to_first_token_seconds=timing.ttft, total_seconds=timing.total,
+                    max_tokens_capped_to=out.max_tokens_capped_to or 0)
 
 
 class KvmemoServicer(pb_grpc.KvmemoServiceServicer):
     def __init__(self, state: ServerState):
         self.state = state
 
-    def _prepare(self, request: pb.GenerateRequest):
+    def _prepare(self, request: pb.GenerateRequest | pb.ChatRequest, prompt_of=prompt_ids):
         self.state.check_model(request.model)
         check_request_id(request.request_id)
-        return prompt_ids(self.state, request), sampling_params(request)
+        return prompt_of(self.state, request), sampling_params(request)
 
     async def Generate(self, request, context):
+        async with aclosing(self._stream(request, context, prompt_ids)) as messages:
+            async for msg in messages:
+                yield msg
+
+    async def Chat(self, request, context):
+        async with aclosing(self._stream(request, context, chat_prompt_ids)) as messages:
+            async for msg in messages:
+                yield msg
+
+    async def _stream(self, request, context, prompt_of):
         timing = Timing()
         try:
-            prompt, params = self._prepare(request)
+            prompt, params = self._prepare(request, prompt_of)
             async with aclosing(generate(self.state, prompt, params, timing)) as outputs:
                 async for out in outputs:
                     msg = pb.GenerateResponse(token_ids=out.new_token_ids, text=out.new_text,
@@ -125,6 +148,7 @@ def model_info(state: ServerState) -> pb.ModelInfo:
         info.kv_blocks_free = llm.block_manager.num_free_blocks
         info.device = str(llm.runner.device)
         info.dtype = str(llm.runner.dtype).removeprefix("torch.")
+        info.has_chat_template = template_of(llm.tokenizer) is not None
     if report is not None:
         info.kv_cache_memory_bytes = report.kv_cache_memory_bytes
         info.plan_source = report.plan_source

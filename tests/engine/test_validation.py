@@ -105,3 +105,17 @@ def test_device_oom_in_a_step_fails_that_batch_and_the_engine_keeps_serving(tiny
     engine.add_request("next", [256, 3], SamplingParams(max_tokens=4, ignore_eos=True))
     tokens, _, reasons = run_to_completion(engine)
     assert reasons == {"next": "length"} and len(tokens["next"]) == 4
+
+
+def test_max_tokens_past_the_context_is_capped_and_says_so(tiny_runner):
+    engine = make_engine(tiny_runner, max_model_len=64)
+    prompt = [256] + [104] * 9
+    engine.add_request("capped", prompt, SamplingParams(max_tokens=1000, temperature=0, ignore_eos=True))
+    engine.add_request("fits", prompt, SamplingParams(max_tokens=54, temperature=0, ignore_eos=True))
+    last = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            last[out.request_id] = out
+    assert last["capped"].finish_reason == "length" and last["capped"].num_output_tokens == 64 - 10
+    assert last["capped"].max_tokens_capped_to == 64 - 10
+    assert last["fits"].num_output_tokens == 54 and last["fits"].max_tokens_capped_to is None

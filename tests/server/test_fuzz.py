@@ -41,16 +41,35 @@ requests = st.builds(
     st.text(max_size=300))
 
 
-@SETTINGS
-@given(request=requests)
-def test_fuzzed_generate_requests(stub, request):
-    call = stub.Generate(request, timeout=60)
+def read_a_few_tokens(call) -> None:
+    """A few tokens are enough; the rest is cancelled. Any error must be one of the allowed codes."""
     try:
-        for _ in itertools.islice(call, 3):  # a few tokens are enough; the rest is cancelled
+        for _ in itertools.islice(call, 3):
             pass
         call.cancel()
     except grpc.RpcError as e:
         assert e.code() in ALLOWED | {grpc.StatusCode.CANCELLED}, f"{e.code()}: {e.details()}"
+
+
+@SETTINGS
+@given(request=requests)
+def test_fuzzed_generate_requests(stub, request):
+    read_a_few_tokens(stub.Generate(request, timeout=60))
+
+
+roles = st.sampled_from(["system", "user", "assistant"]) | st.text(max_size=12)
+chats = st.builds(
+    lambda msgs, s, stop, max_tokens, model: pb.ChatRequest(
+        messages=[pb.ChatMessage(role=r, content=c) for r, c in msgs], sampling=s, stop=stop, max_tokens=max_tokens,
+        model=model),
+    st.lists(st.tuples(roles, st.text(max_size=80)), max_size=6), sampling, stops, maybe(SMALL | INT64),
+    st.sampled_from(["", "tiny", "nope"]))
+
+
+@SETTINGS
+@given(request=chats)
+def test_fuzzed_chat_requests(stub, request):
+    read_a_few_tokens(stub.Chat(request, timeout=60))
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),

@@ -78,6 +78,32 @@ def test_model_stream_infer_streams_tokens(client):
     assert b"".join(texts) == whole.as_numpy("text_output")[0]
 
 
+def final_streamed_response(client, inputs):
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        client.async_stream_infer("tiny", inputs)
+        while True:
+            result, error = responses.get(timeout=120)
+            assert error is None, error
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return result.get_response()
+    finally:
+        client.stop_stream()
+
+
+def test_max_tokens_past_the_context_comes_back_capped(client):
+    prompt = "x" * 200  # bos + 200 bytes: max_model_len 256 leaves 55 tokens
+    params = {"max_tokens": 100000, "temperature": 0, "ignore_eos": True}
+    whole = client.infer("tiny", llm_inputs(prompt, **params) + [tensor("return_num_output_tokens", "BOOL", [True])])
+    assert whole.get_response().parameters["max_tokens_capped_to"].int64_param == 55
+    assert whole.as_numpy("num_output_tokens")[0] == 55
+    streamed = final_streamed_response(client, llm_inputs(prompt, stream=True, **params))
+    assert streamed.parameters["max_tokens_capped_to"].int64_param == 55
+    fits = client.infer("tiny", llm_inputs(prompt, max_tokens=55, temperature=0, ignore_eos=True))
+    assert "max_tokens_capped_to" not in fits.get_response().parameters
+
+
 def test_stream_reports_a_bad_request_and_stays_open(client):
     responses: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
@@ -97,6 +123,7 @@ def test_stream_reports_a_bad_request_and_stays_open(client):
     (llm_inputs("Hello", frequency_penalty=1.0), ["frequency_penalty", "known fields"]),
     ([tensor("text_input", "BYTES", [b"a", b"b"])], ["text_input", "exactly one"]),
     ([tensor("prompt", "BYTES", [b"a"])], ["prompt", "known inputs"]),
+    (llm_inputs(""), ["text_input: must not be empty"]),  # the tensor's name, not the kvmemo.v1 field's
     (llm_inputs("x" * 300), ["max_model_len=256"]),
     (llm_inputs("Hello", stream=True), ["stream", "ModelStreamInfer"]),
 ])

@@ -91,7 +91,7 @@ def test_prompt_longer_than_max_model_len_names_both_numbers(stub):
     (request(top_p=1.5), "top_p", "(0, 1]"),
     (pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 5000])), "prompt_token_ids", "[0, 320)"),
     (pb.GenerateRequest(), "prompt", "text or token_ids"),
-    (pb.GenerateRequest(text=""), "text", "empty"),
+    (pb.GenerateRequest(text=""), "prompt", "prompt: must not be empty"),
     (pb.GenerateRequest(text="a", request_id="r" * 300), "request_id", "256"),
 ])
 def test_bad_fields_name_the_field_and_the_limit(stub, req, field, limit):

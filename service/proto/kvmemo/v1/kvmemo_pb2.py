@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvmemo/v1/kvmemo.proto\x12\tkvmemo.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\xb4\x01\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x07\n\x05_seed\"J\n\x0eStopConditions\x12\x0c\n\x04stop\x18\x01 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x02 \x03(\x03\x12\x12\n\nignore_eos\x18\x03 \x01(\x08\"\x9e\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.kvmemo.v1.TokenIdsH\x00\x12/\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.kvmemo.v1.SamplingParameters\x12\'\n\x04stop\x18\x05 \x01(\x0b\x32\x19.kvmemo.v1.StopConditions\x12\x17\n\nmax_tokens\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x15\n\x08logprobs\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x08\n\x06promptB\r\n\x0b_max_tokensB\x0b\n\t_logprobs\"\x8b\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12#\n\x1btime_to_first_token_seconds\x18\x04 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x05 \x01(\x01\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"Z\n\x08Logprobs\x12(\n\x07sampled\x18\x01 \x01(\x0b\x32\x17.kvmemo.v1.TokenLogprob\x12$\n\x03top\x18\x02 \x03(\x0b\x32\x17.kvmemo.v1.TokenLogprob\"\xbf\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x08logprobs\x18\x03 \x03(\x0b\x32\x13.kvmemo.v1.Logprobs\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.kvmemo.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.kvmemo.v1.Usage\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xbf\x01\n\x10\x43ompleteResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x08logprobs\x18\x03 \x03(\x0b\x32\x13.kvmemo.v1.Logprobs\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.kvmemo.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.kvmemo.v1.Usage\x12\x12\n\nrequest_id\x18\x06 \x01(\t\".\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x05 \x01(\r\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x07 \x01(\r\x12\x16\n\x0ekv_blocks_free\x18\x08 \x01(\r\x12\x1d\n\x15kv_cache_memory_bytes\x18\t \x01(\x04\x12\x13\n\x0bplan_source\x18\n \x01(\t\x12\x18\n\x10plan_fingerprint\x18\x0b \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\r\n\x05\x64type\x18\r \x01(\t*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xa6\x02\n\rKvmemoService\x12\x45\n\x08Generate\x12\x1a.kvmemo.v1.GenerateRequest\x1a\x1b.kvmemo.v1.GenerateResponse0\x01\x12\x43\n\x08\x43omplete\x12\x1a.kvmemo.v1.GenerateRequest\x1a\x1b.kvmemo.v1.CompleteResponse\x12\x43\n\x08Tokenize\x12\x1a.kvmemo.v1.TokenizeRequest\x1a\x1b.kvmemo.v1.TokenizeResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.kvmemo.v1.GetModelInfoRequest\x1a\x14.kvmemo.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvmemo/v1/kvmemo.proto\x12\tkvmemo.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\xb4\x01\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x07\n\x05_seed\"J\n\x0eStopConditions\x12\x0c\n\x04stop\x18\x01 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x02 \x03(\x03\x12\x12\n\nignore_eos\x18\x03 \x01(\x08\"\x9e\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.kvmemo.v1.TokenIdsH\x00\x12/\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.kvmemo.v1.SamplingParameters\x12\'\n\x04stop\x18\x05 \x01(\x0b\x32\x19.kvmemo.v1.StopConditions\x12\x17\n\nmax_tokens\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x15\n\x08logprobs\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x08\n\x06promptB\r\n\x0b_max_tokensB\x0b\n\t_logprobs\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x80\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.kvmemo.v1.ChatMessage\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.kvmemo.v1.SamplingParameters\x12\'\n\x04stop\x18\x04 \x01(\x0b\x32\x19.kvmemo.v1.StopConditions\x12\x17\n\nmax_tokens\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08logprobs\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\r\n\x0b_max_tokensB\x0b\n\t_logprobs\"\xa9\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12#\n\x1btime_to_first_token_seconds\x18\x04 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x05 \x01(\x01\x12\x1c\n\x14max_tokens_capped_to\x18\x06 \x01(\r\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"Z\n\x08Logprobs\x12(\n\x07sampled\x18\x01 \x01(\x0b\x32\x17.kvmemo.v1.TokenLogprob\x12$\n\x03top\x18\x02 \x03(\x0b\x32\x17.kvmemo.v1.TokenLogprob\"\xbf\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x08logprobs\x18\x03 \x03(\x0b\x32\x13.kvmemo.v1.Logprobs\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.kvmemo.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.kvmemo.v1.Usage\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xbf\x01\n\x10\x43ompleteResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x08logprobs\x18\x03 \x03(\x0b\x32\x13.kvmemo.v1.Logprobs\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.kvmemo.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.kvmemo.v1.Usage\x12\x12\n\nrequest_id\x18\x06 \x01(\t\".\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xbd\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x05 \x01(\r\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x07 \x01(\r\x12\x16\n\x0ekv_blocks_free\x18\x08 \x01(\r\x12\x1d\n\x15kv_cache_memory_bytes\x18\t \x01(\x04\x12\x13\n\x0bplan_source\x18\n \x01(\t\x12\x18\n\x10plan_fingerprint\x18\x0b \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x19\n\x11has_chat_template\x18\x0e \x01(\x08*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xe5\x02\n\rKvmemoService\x12\x45\n\x08Generate\x12\x1a.kvmemo.v1.GenerateRequest\x1a\x1b.kvmemo.v1.GenerateResponse0\x01\x12\x43\n\x08\x43omplete\x12\x1a.kvmemo.v1.GenerateRequest\x1a\x1b.kvmemo.v1.CompleteResponse\x12=\n\x04\x43hat\x12\x16.kvmemo.v1.ChatRequest\x1a\x1b.kvmemo.v1.GenerateResponse0\x01\x12\x43\n\x08Tokenize\x12\x1a.kvmemo.v1.TokenizeRequest\x1a\x1b.kvmemo.v1.TokenizeResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.kvmemo.v1.GetModelInfoRequest\x1a\x14.kvmemo.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvmemo.v1.kvmemo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1701
-  _globals['_FINISHREASON']._serialized_end=1796
+  _globals['_FINISHREASON']._serialized_start=2063
+  _globals['_FINISHREASON']._serialized_end=2158
   _globals['_TOKENIDS']._serialized_start=37
   _globals['_TOKENIDS']._serialized_end=60
   _globals['_SAMPLINGPARAMETERS']._serialized_start=63
@@ -41,24 +41,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPCONDITIONS']._serialized_end=319
   _globals['_GENERATEREQUEST']._serialized_start=322
   _globals['_GENERATEREQUEST']._serialized_end=608
-  _globals['_USAGE']._serialized_start=611
-  _globals['_USAGE']._serialized_end=750
-  _globals['_TOKENLOGPROB']._serialized_start=752
-  _globals['_TOKENLOGPROB']._serialized_end=801
-  _globals['_LOGPROBS']._serialized_start=803
-  _globals['_LOGPROBS']._serialized_end=893
-  _globals['_GENERATERESPONSE']._serialized_start=896
-  _globals['_GENERATERESPONSE']._serialized_end=1087
-  _globals['_COMPLETERESPONSE']._serialized_start=1090
-  _globals['_COMPLETERESPONSE']._serialized_end=1281
-  _globals['_TOKENIZEREQUEST']._serialized_start=1283
-  _globals['_TOKENIZEREQUEST']._serialized_end=1329
-  _globals['_TOKENIZERESPONSE']._serialized_start=1331
-  _globals['_TOKENIZERESPONSE']._serialized_end=1368
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1370
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1406
-  _globals['_MODELINFO']._serialized_start=1409
-  _globals['_MODELINFO']._serialized_end=1699
-  _globals['_KVMEMOSERVICE']._serialized_start=1799
-  _globals['_KVMEMOSERVICE']._serialized_end=2093
+  _globals['_CHATMESSAGE']._serialized_start=610
+  _globals['_CHATMESSAGE']._serialized_end=654
+  _globals['_CHATREQUEST']._serialized_start=657
+  _globals['_CHATREQUEST']._serialized_end=913
+  _globals['_USAGE']._serialized_start=916
+  _globals['_USAGE']._serialized_end=1085
+  _globals['_TOKENLOGPROB']._serialized_start=1087
+  _globals['_TOKENLOGPROB']._serialized_end=1136
+  _globals['_LOGPROBS']._serialized_start=1138
+  _globals['_LOGPROBS']._serialized_end=1228
+  _globals['_GENERATERESPONSE']._serialized_start=1231
+  _globals['_GENERATERESPONSE']._serialized_end=1422
+  _globals['_COMPLETERESPONSE']._serialized_start=1425
+  _globals['_COMPLETERESPONSE']._serialized_end=1616
+  _globals['_TOKENIZEREQUEST']._serialized_start=1618
+  _globals['_TOKENIZEREQUEST']._serialized_end=1664
+  _globals['_TOKENIZERESPONSE']._serialized_start=1666
+  _globals['_TOKENIZERESPONSE']._serialized_end=1703
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1705
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1741
+  _globals['_MODELINFO']._serialized_start=1744
+  _globals['_MODELINFO']._serialized_end=2061
+  _globals['_KVMEMOSERVICE']._serialized_start=2161
+  _globals['_KVMEMOSERVICE']._serialized_end=2518
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class KvmemoServiceStub:
                 request_serializer=kvmemo_dot_v1_dot_kvmemo__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=kvmemo_dot_v1_dot_kvmemo__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.Chat = channel.unary_stream(
+                '/kvmemo.v1.KvmemoService/Chat',
+                request_serializer=kvmemo_dot_v1_dot_kvmemo__pb2.ChatRequest.SerializeToString,
+                response_deserializer=kvmemo_dot_v1_dot_kvmemo__pb2.GenerateResponse.FromString,
+                _registered_method=True)
         self.Tokenize = channel.unary_unary(
                 '/kvmemo.v1.KvmemoService/Tokenize',
                 request_serializer=kvmemo_dot_v1_dot_kvmemo__pb2.TokenizeRequest.SerializeToString,
@@ -69,6 +74,15 @@ class KvmemoServiceServicer:
 
     def Complete(self, request, context):
         """The same request, answered in one message once generation has finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Chat(self, request, context):
+        """A conversation, rendered into the prompt by the model's chat template (ChatML when the model has none:
+        ModelInfo.has_chat_template says which), answered as Generate answers: streamed, the last message
+        carrying the finish reason and the usage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +114,11 @@ def add_KvmemoServiceServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=kvmemo_dot_v1_dot_kvmemo__pb2.GenerateRequest.FromString,
                     response_serializer=kvmemo_dot_v1_dot_kvmemo__pb2.CompleteResponse.SerializeToString,
+            ),
+            'Chat': grpc.unary_stream_rpc_method_handler(
+                    servicer.Chat,
+                    request_deserializer=kvmemo_dot_v1_dot_kvmemo__pb2.ChatRequest.FromString,
+                    response_serializer=kvmemo_dot_v1_dot_kvmemo__pb2.GenerateResponse.SerializeToString,
             ),
             'Tokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Tokenize,
@@ -166,6 +185,33 @@ class KvmemoService:
             '/kvmemo.v1.KvmemoService/Complete',
             kvmemo_dot_v1_dot_kvmemo__pb2.GenerateRequest.SerializeToString,
             kvmemo_dot_v1_dot_kvmemo__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvmemo.v1.KvmemoService/Chat',
+            kvmemo_dot_v1_dot_kvmemo__pb2.ChatRequest.SerializeToString,
+            kvmemo_dot_v1_dot_kvmemo__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
