@@ -108,7 +108,8 @@ def test_bad_flag_exits_2_with_a_clear_error(tmp_path, value, fragment):
 
 
 def test_kvmemo_profile_json_on_this_machine(tmp_path):
-    result = kvmemo("profile", "--json", "--max-model-len", "256", "--max-num-seqs", "4", "--plan-dir", str(tmp_path))
+    result = kvmemo("profile", "--json", "--save", "--max-model-len", "256", "--max-num-seqs", "4",
+                    "--plan-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     for key in ("fingerprint", "device", "total_bytes", "free_at_start_bytes", "requested_bytes", "components",
@@ -120,7 +121,17 @@ def test_kvmemo_profile_json_on_this_machine(tmp_path):
     non_kv = sum(c.values())
     assert s["full_bytes"] == record["free_at_start_bytes"] - non_kv - record["safety_bytes"]
     assert s["fit_requested_bytes"] == record["requested_bytes"] - non_kv - record["safety_bytes"]
-    assert (tmp_path / f"{record['fingerprint'][:12]}.json").exists()  # remembered for the next serve
+    assert (tmp_path / f"{record['fingerprint'][:12]}.json").exists()  # --save: remembered for the next serve
+
+
+def test_kvmemo_profile_writes_no_plan_without_save(tmp_path):
+    """A look at the numbers must not overwrite the plan a running server booted from."""
+    plans = tmp_path / "plans"
+    result = kvmemo("profile", "--max-model-len", "256", "--max-num-seqs", "4", "--plan-dir", str(plans))
+    assert result.returncode == 0, result.stderr
+    assert "--kv-cache-memory-bytes=" in result.stdout and "written" not in result.stderr
+    assert not plans.exists() or not any(plans.iterdir())
+    assert "without --save nothing is written" in " ".join(kvmemo("profile", "--help").stdout.split())
 
 
 def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_margin(tmp_path, caplog, monkeypatch):
