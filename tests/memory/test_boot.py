@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -132,6 +133,20 @@ def test_kvmemo_profile_writes_no_plan_without_save(tmp_path):
     assert "--kv-cache-memory-bytes=" in result.stdout and "written" not in result.stderr
     assert not plans.exists() or not any(plans.iterdir())
     assert "without --save nothing is written" in " ".join(kvmemo("profile", "--help").stdout.split())
+
+
+def test_the_cpu_boot_line_speaks_of_host_memory_and_advises_no_more_than_the_cap(tmp_path, caplog):
+    from service.memory.host import host_memory
+    from service.memory.plan import HOST_TOTALS
+
+    report = boot(tmp_path, caplog)
+    line = next(r.getMessage() for r in caplog.records if "--kv-cache-memory-bytes=" in r.getMessage())
+    assert line.startswith("Free host memory at start:") and HOST_TOTALS[host_memory().source] in line
+    assert "of host memory =" in line and "CUDA graphs" not in line and "whole device" not in line
+    advised = [int(n) for n in re.findall(r"--kv-cache-memory-bytes=(\d+)", line)]
+    # SMALL's 4 sequences of 256 tokens fill far less than the host's free memory: the advice says so.
+    assert advised == [report.kv_cache_memory_bytes]  # the cap, which is what was allocated
+    assert "capped: max_num_seqs=4 sequences of max_model_len=256 can use no more" in line
 
 
 def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_margin(tmp_path, caplog, monkeypatch):
