@@ -30,7 +30,7 @@ PROMPT = "The quick brown fox jumps over the lazy dog, request {}"
 
 def engine_flags(args) -> list[str]:
     return ["--model", "tiny", "--device", "cpu", "--max-model-len", str(args.max_model_len),
-            "--max-num-seqs", str(args.streams), "--seed", "0"]
+            "--max-num-seqs", str(args.streams), "--weights-seed", "0"]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -30,23 +30,35 @@ def duration(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "default"),
                         help="namespace to watch (default: $POD_NAMESPACE, else `default`)")
-    parser.add_argument("--label-selector", default=PART_OF_LABEL, help="which ConfigMaps hold kvmemo plans")
+    parser.add_argument("--label-selector", default=PART_OF_LABEL,
+                        help="which ConfigMaps hold kvmemo plans (default: %(default)s)")
     parser.add_argument("--policy", choices=POLICIES, default="fit-requested",
-                        help="fit-requested: the utilization the pods asked for; full: all free memory")
-    parser.add_argument("--headroom-percent", type=float, default=0.0, help="keep this share of the suggestion free")
+                        help="fit-requested: the utilization the pods asked for; full: all free memory "
+                             "(default: %(default)s)")
+    parser.add_argument("--headroom-percent", type=float, default=0.0,
+                        help="keep this share of the suggestion free (default: %(default)s)")
     parser.add_argument("--oom-step-percent", type=float, default=10.0,
-                        help="lower a plan by this much below the size that ran out of memory")
+                        help="lower a plan by this much below the size that ran out of memory (default: %(default)s)")
     parser.add_argument("--plan-ttl", type=duration, default=duration("7d"),
-                        help="prune plans and reports whose fingerprint was not reported for this long")
+                        help="prune plans and reports whose fingerprint was not reported for this long "
+                             "(default: 7d)")
     parser.add_argument("--resync-period", type=duration, default=duration("5m"),
-                        help="list everything again this often (pruning needs time to pass, not events)")
-    parser.add_argument("--lease-name", default="kvmemo-controller")
-    parser.add_argument("--identity", default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}")
-    parser.add_argument("--lease-duration", type=duration, default=15.0)
-    parser.add_argument("--renew-deadline", type=duration, default=10.0)
-    parser.add_argument("--retry-period", type=duration, default=2.0)
-    parser.add_argument("--http-address", default="0.0.0.0")
-    parser.add_argument("--http-port", type=int, default=8081, help="/metrics, /healthz, /readyz")
+                        help="list everything again this often (pruning needs time to pass, not events) "
+                             "(default: 5m)")
+    parser.add_argument("--lease-name", default="kvmemo-controller",
+                        help="the Lease of leader election; only its holder writes plans (default: %(default)s)")
+    parser.add_argument("--identity", default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+                        help="this replica's name in the Lease (default: $POD_NAME, else host-pid)")
+    parser.add_argument("--lease-duration", type=duration, default=15.0,
+                        help="how long a leader's Lease lasts without renewal (default: 15s)")
+    parser.add_argument("--renew-deadline", type=duration, default=10.0,
+                        help="a leader that cannot renew within this steps down (default: 10s)")
+    parser.add_argument("--retry-period", type=duration, default=2.0,
+                        help="how often to try to acquire or renew the Lease (default: 2s)")
+    parser.add_argument("--http-address", default="0.0.0.0",
+                        help="address of the HTTP endpoints (default: %(default)s)")
+    parser.add_argument("--http-port", type=int, default=8081,
+                        help="port of /metrics, /healthz, /readyz (default: %(default)s)")
     parser.add_argument("--kubeconfig", default=None, help="default: in-cluster service account, else $KUBECONFIG")
 
 

@@ -15,7 +15,7 @@ from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner, resolve_device
 from service.memory import planner, snapshot
 from service.memory.fingerprint import fingerprint, fingerprint_fields
-from service.memory.plan import PlanRecord, format_bytes, log_line
+from service.memory.plan import PlanRecord, format_bytes
 from service.memory.profiler import dummy_prompt_lens, run_dummy_batch
 from service.memory.store import FilePlanStore
 
@@ -117,11 +117,11 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
     with timed(report, "allocate_kv"):
         if runner.device.type == "cuda":
             torch.cuda.empty_cache()  # what profiling cached would otherwise sit beside the KV cache
-        kv_bytes = decision.kv_cache_memory_bytes
-        if kv_bytes > planner.useful_kv_bytes(runner):
-            kv_bytes = planner.useful_kv_bytes(runner)
+        kv_bytes, cap = decision.kv_cache_memory_bytes, planner.kv_cap(runner)
+        if kv_bytes > cap.bytes:
+            kv_bytes = cap.bytes
             log.info("KV cache capped at %s: max_num_seqs=%d sequences of max_model_len=%d can use no more",
-                     format_bytes(kv_bytes), config.max_num_seqs, runner.max_model_len)
+                     format_bytes(kv_bytes), cap.max_num_seqs, cap.max_model_len)
         num_blocks = runner.num_blocks_for(kv_bytes)
         engine = LLMEngine(config, runner, num_blocks=num_blocks)
     report.num_blocks = num_blocks
@@ -140,7 +140,7 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
         engine.num_ooms += 1
         record_oom(report, config)
     if report.record is not None:
-        log.info(log_line(report.record, report.kv_cache_memory_bytes))
+        log.info(planner.plan_log_line(report.record, report.kv_cache_memory_bytes, runner))
     return engine, report
 
 

@@ -19,7 +19,7 @@ class EngineConfig:
     model: str = "tiny"  # a preset name or a Hugging Face model directory
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
-    seed: int = 0  # seeds random preset weights
+    weights_seed: int = 0  # seeds random preset weights (sampling seeds are per request)
     max_model_len: int | None = None  # None: the model's own limit
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048

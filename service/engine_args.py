@@ -40,7 +40,7 @@ ENGINE_FLAGS = (
     Flag("enforce_eager", bool, "no CUDA graphs"),
     Flag("device", str, "auto, cpu or cuda[:N] (auto: cuda when there is one)"),
     Flag("dtype", str, "auto, float32, float16 or bfloat16 (auto: bfloat16 on cuda, float32 on cpu)"),
-    Flag("seed", int, "seed of random preset weights"),
+    Flag("weights_seed", int, "seed of a preset's random weights (the sampling seed is a request's `seed`)"),
     Flag("cuda_graph_sizes", int_list, "decode batch sizes captured as CUDA graphs, e.g. 1,2,4,8,16 "
          "(default: 1, 2, 4, 8, then steps of 16 up to max_num_seqs)"),
     Flag("kv_cache_policy", str, "which profiled suggestion sizes the KV cache: fit-requested (within "
@@ -76,18 +76,25 @@ def env_default(name: str, kind: type, default):
         raise ConfigError(f"{env_name(name)}={raw!r} is not a valid {kind.__name__}") from None
 
 
+def with_default(text: str, default=None, env: str | None = None) -> str:
+    """Help text that names its default once: nothing is added when the text already says what the default is
+    (one that depends on other settings, say) or when there is no single default value."""
+    if default is not None and "default:" not in text:
+        text = f"{text} (default: {default})"
+    return f"{text} [{env}]" if env else text
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = EngineConfig()
     group = parser.add_argument_group("engine", "each flag falls back to the environment variable KVMEMO_<FLAG>")
     for f in ENGINE_FLAGS:
         flag = "--" + f.option.replace("_", "-")
-        default = getattr(defaults, f.name)
+        env = env_name(f.option)
         if f.type is bool:
-            group.add_argument(flag, dest=f.name, action="store_true", default=None,
-                               help=f"{f.help} [{env_name(f.option)}]")
+            group.add_argument(flag, dest=f.name, action="store_true", default=None, help=with_default(f.help, env=env))
         else:
             group.add_argument(flag, dest=f.name, type=f.type, default=None, metavar=f.option.upper(),
-                               help=f"{f.help} (default: {default}) [{env_name(f.option)}]")
+                               help=with_default(f.help, getattr(defaults, f.name), env))
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:

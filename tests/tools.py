@@ -3,8 +3,9 @@ version. Each function returns the tool's path or raises ToolError saying why it
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from tests.progress import run_with_progress
 
 HELM_VERSION = "v3.22.0"
 HELM_KUBE_MINOR = "37"  # the k8s.io modules helm v3.22 is built with; its default for `helm template`
@@ -17,12 +18,15 @@ class ToolError(RuntimeError):
 
 
 def _run(cmd: list[str], what: str, env: dict | None = None, timeout: int = 1200) -> None:
+    """Says what it runs and, every 30 s while it runs, for how long (tests/progress.py)."""
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        code, output = run_with_progress(cmd, what, env=env, timeout=timeout)
+    except OSError as e:
         raise ToolError(f"{what}: {' '.join(cmd)} failed: {e}") from e
-    if p.returncode != 0:
-        raise ToolError(f"{what}: {' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-3000:]}")
+    if code is None:
+        raise ToolError(f"{what}: {' '.join(cmd)} ran past {timeout} s:\n{output[-3000:]}")
+    if code != 0:
+        raise ToolError(f"{what}: {' '.join(cmd)} exited {code}:\n{output[-3000:]}")
 
 
 def go_install(name: str, version: str, package: str, ldflags: str = "") -> Path:
@@ -38,7 +42,7 @@ def go_install(name: str, version: str, package: str, ldflags: str = "") -> Path
     tmp.mkdir(parents=True)
     env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(tmp), "GOFLAGS": "-mod=mod"}
     _run([go, "install", *(["-ldflags", ldflags] if ldflags else []), f"{package}@{version}"],
-         f"building {name} {version}", env=env)
+         f"tests: building {name} {version} ({package}@{version}) with go install", env=env)
     # Rename the finished folder into place, so an interrupted build never leaves a half binary.
     shutil.rmtree(binary.parent, ignore_errors=True)
     tmp.rename(binary.parent)

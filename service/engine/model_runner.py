@@ -32,7 +32,7 @@ class ModelRunner:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        self.loaded = loaded or load_model(config.model, self.dtype, self.device, config.seed)
+        self.loaded = loaded or load_model(config.model, self.dtype, self.device, config.weights_seed)
         self.model = self.loaded.model
         self.model_config = self.loaded.config
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,

@@ -4,6 +4,15 @@ from dataclasses import dataclass
 
 from service.errors import InvalidRequest
 
+# The one set of defaults for a field a request leaves unset: the server's (both APIs), `kvmemo generate`'s and
+# `kvmemo run`'s. Temperature 0.7 rather than greedy: greedy decoding loops on small models, and on the random
+# `tiny` preset it repeated one token that decodes to nothing, so `kvmemo run` printed an empty line; 0.7 keeps
+# the text close to the model's likeliest without looping. 64 tokens is a sentence or two, not half of one.
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 1.0  # off
+DEFAULT_TOP_K = 0  # off
+
 MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
@@ -11,10 +20,10 @@ MAX_STOP_STRING_CHARS = 256
 
 @dataclass(slots=True)
 class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0  # 0 means greedy
-    top_k: int = 0  # 0 means off
-    top_p: float = 1.0
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE  # 0 means greedy
+    top_k: int = DEFAULT_TOP_K  # 0 means off
+    top_p: float = DEFAULT_TOP_P
     min_p: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()

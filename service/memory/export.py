@@ -13,6 +13,8 @@ def export_boot_metrics(model_name: str, report: BootReport, device=None) -> Non
     metrics.kv_cache_plan_info.labels(m, report.plan_source, report.fingerprint[:12]).set(1)
     if report.record is not None:
         for component, value in report.record.to_json()["components"].items():
+            if component == "cudagraph" and report.record.device == "cpu":
+                continue  # no CUDA graphs on CPU: a series at 0 would read as measured
             metrics.memory_profile_bytes.labels(m, component).set(value)
         s = report.record.suggestions
         metrics.kv_cache_suggested_bytes.labels(m, "fit-requested").set(s.fit_requested_bytes)

@@ -92,16 +92,56 @@ def format_bytes(n: int) -> str:
     return f"{n / GiB:.2f} GiB"
 
 
-def log_line(record: PlanRecord, kv_in_use: int) -> str:
-    """One line a person can act on, like vLLM's."""
-    c, s = record.components, record.suggestions
-    return (
-        f"Free memory on {record.device} at start: {format_bytes(record.free_at_start_bytes)} of "
-        f"{format_bytes(record.total_bytes)}. Requested utilization {record.gpu_memory_utilization} = "
-        f"{format_bytes(record.requested_bytes)}. Measured: weights {format_bytes(c.weights)}, peak activation "
-        f"{format_bytes(c.activation_peak)}, non-torch {format_bytes(c.non_torch)}, CUDA graphs "
-        f"{format_bytes(c.cudagraph)}, safety {format_bytes(record.safety_bytes)}. Use "
-        f"--kv-cache-memory-bytes={s.fit_requested_bytes} to fit the requested utilization, or "
-        f"--kv-cache-memory-bytes={s.full_bytes} to use the whole device. KV cache in use: "
-        f"{format_bytes(kv_in_use)} (fingerprint {record.fingerprint[:12]})."
-    )
+# What the host total is on CPU (HostMemory.source): a pod is limited by its cgroup, not by the machine.
+HOST_TOTALS = {"cgroup-v2": "the cgroup limit memory.max", "cgroup-v1": "the cgroup limit memory.limit_in_bytes",
+               "meminfo": "MemTotal"}
+
+
+@dataclass(frozen=True, slots=True)
+class KVCap:
+    """The most KV cache max_num_seqs sequences of max_model_len can fill (planner.useful_kv_bytes)."""
+    bytes: int
+    max_num_seqs: int
+    max_model_len: int
+
+
+def advice(record: PlanRecord, cap: KVCap | None, whole: str) -> str:
+    """The two ready-to-paste flags, neither above what the cap lets the engine use."""
+    fit, full = record.suggestions.fit_requested_bytes, record.suggestions.full_bytes
+    if cap is None or max(fit, full) <= cap.bytes:
+        return (f"Use --kv-cache-memory-bytes={fit} to fit the requested utilization, or "
+                f"--kv-cache-memory-bytes={full} to use {whole}.")
+    why = f"capped: max_num_seqs={cap.max_num_seqs} sequences of max_model_len={cap.max_model_len} can use no more"
+    if min(fit, full) >= cap.bytes:
+        return (f"Use --kv-cache-memory-bytes={cap.bytes} ({why}; the requested utilization would allow {fit} "
+                f"bytes, {whole} {full}).")
+
+    def flag(value: int, purpose: str) -> str:
+        if value <= cap.bytes:
+            return f"--kv-cache-memory-bytes={value} {purpose}"
+        return f"--kv-cache-memory-bytes={cap.bytes} {purpose} ({why}; uncapped {value})"
+
+    return f"Use {flag(fit, 'to fit the requested utilization')}, or {flag(full, f'to use {whole}')}."
+
+
+def log_line(record: PlanRecord, kv_in_use: int, cap: KVCap | None = None, host_total: str | None = None) -> str:
+    """One line a person can act on, like vLLM's. On CPU it speaks of host memory, says what its total is
+    (host_total: a HostMemory.source) and has no CUDA-graph component."""
+    c = record.components
+    measured = (f"weights {format_bytes(c.weights)}, peak activation {format_bytes(c.activation_peak)}, "
+                f"non-torch {format_bytes(c.non_torch)}")
+    if record.device == "cpu":
+        total = HOST_TOTALS.get(host_total, "the host's memory")
+        start = (f"Free host memory at start: {format_bytes(record.free_at_start_bytes)} of "
+                 f"{format_bytes(record.total_bytes)} ({total}). Requested utilization "
+                 f"{record.gpu_memory_utilization} of host memory = {format_bytes(record.requested_bytes)}. "
+                 f"Measured: {measured}, safety {format_bytes(record.safety_bytes)}. ")
+        whole = "all free host memory"
+    else:
+        start = (f"Free memory on {record.device} at start: {format_bytes(record.free_at_start_bytes)} of "
+                 f"{format_bytes(record.total_bytes)}. Requested utilization {record.gpu_memory_utilization} = "
+                 f"{format_bytes(record.requested_bytes)}. Measured: {measured}, CUDA graphs "
+                 f"{format_bytes(c.cudagraph)}, safety {format_bytes(record.safety_bytes)}. ")
+        whole = "the whole device"
+    return (f"{start}{advice(record, cap, whole)} KV cache in use: {format_bytes(kv_in_use)} "
+            f"(fingerprint {record.fingerprint[:12]}).")

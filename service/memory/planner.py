@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from service.config import EngineConfig
 from service.errors import ConfigError
 from service.memory import profiler
-from service.memory.plan import MiB, PlanRecord, format_bytes, requested_bytes, suggest
+from service.memory.host import host_memory
+from service.memory.plan import KVCap, MiB, PlanRecord, format_bytes, log_line, requested_bytes, suggest
 from service.memory.snapshot import Snapshot
 from service.memory.store import FilePlanStore
 
@@ -39,6 +40,16 @@ def safety_bytes(config: EngineConfig, device_type: str) -> int:
 def useful_kv_bytes(runner) -> int:
     """More KV cache than max_num_seqs sequences of max_model_len can fill is never allocated."""
     return (runner.config.max_num_seqs * runner.max_blocks_per_seq + 1) * runner.bytes_per_block
+
+
+def kv_cap(runner) -> KVCap:
+    return KVCap(useful_kv_bytes(runner), runner.config.max_num_seqs, runner.max_model_len)
+
+
+def plan_log_line(record: PlanRecord, kv_in_use: int, runner) -> str:
+    """log_line for this runner: its cap, and on CPU what the host total is (cgroup limit or MemTotal)."""
+    host_total = host_memory().source if runner.device.type != "cuda" else None
+    return log_line(record, kv_in_use, kv_cap(runner), host_total)
 
 
 def check_kv_bytes(value: int, runner, free_after_weights: int) -> str | None:

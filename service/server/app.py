@@ -25,6 +25,7 @@ from service.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, mod
 from service.proto.kvmemo.v1 import kvmemo_pb2, kvmemo_pb2_grpc
 from service.server.kserve import KServeServicer
 from service.server.kvmemo_api import KvmemoServicer
+from service.server.rejections import MethodInterceptor
 from service.server.state import Limits, ServerState
 
 log = logging.getLogger("kvmemo.server")
@@ -46,8 +47,9 @@ class ServeOptions:
 
 def build_server(state: ServerState, health_servicer) -> grpc.aio.Server:
     size = state.limits.max_message_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", size),
-                                      ("grpc.max_send_message_length", size)])
+    server = grpc.aio.server(interceptors=[MethodInterceptor()],
+                             options=[("grpc.max_receive_message_length", size),
+                                               ("grpc.max_send_message_length", size)])
     kvmemo_pb2_grpc.add_KvmemoServiceServicer_to_server(KvmemoServicer(state), server)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

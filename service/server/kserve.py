@@ -10,6 +10,7 @@ import grpc
 from service.proto.inference import grpc_service_pb2 as pb
 from service.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.proto.inference import model_config_pb2 as mc
+from service.server.rejections import REJECTIONS
 from service.server.requests import Timing, abort_with, encode_prompt, generate
 from service.server.state import RequestError, ServerState
 from service.server.tensors import invalid, output, read_inputs
@@ -130,6 +131,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await responses.put(pb.ModelStreamInferResponse(infer_response=response))
         except RequestError as e:
             # As Triton does: a failed request is reported in the stream, which stays open for others.
+            REJECTIONS.record(e.code, e.message)
             failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
             await responses.put(pb.ModelStreamInferResponse(error_message=e.message, infer_response=failed))
 

@@ -6,7 +6,7 @@ from contextlib import aclosing
 import grpc
 
 from service.chat import encode_chat, render_chat, template_of
-from service.engine.sampling import SamplingParams
+from service.engine.sampling import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, SamplingParams
 from service.errors import InvalidRequest
 from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
 from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc
@@ -14,7 +14,6 @@ from service.server.requests import Timing, abort_with, check_request_id, encode
 from service.server.state import RequestError, ServerState
 
 FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
-DEFAULT_MAX_TOKENS = 16
 
 
 def sampling_params(request: pb.GenerateRequest | pb.ChatRequest) -> SamplingParams:
@@ -22,9 +21,9 @@ def sampling_params(request: pb.GenerateRequest | pb.ChatRequest) -> SamplingPar
     s, stop = request.sampling, request.stop
     return SamplingParams(
         max_tokens=request.max_tokens if request.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
-        temperature=s.temperature if s.HasField("temperature") else 1.0,
-        top_k=s.top_k if s.HasField("top_k") else 0,
-        top_p=s.top_p if s.HasField("top_p") else 1.0,
+        temperature=s.temperature if s.HasField("temperature") else DEFAULT_TEMPERATURE,
+        top_k=s.top_k if s.HasField("top_k") else DEFAULT_TOP_K,
+        top_p=s.top_p if s.HasField("top_p") else DEFAULT_TOP_P,
         min_p=s.min_p if s.HasField("min_p") else 0.0,
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(stop.stop),

@@ -10,7 +10,7 @@ from pathlib import Path
 # small CPU (on 2 cores, 64 streams ran at a third of the in-process token rate); sleeping ones do not.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from service.engine_args import add_engine_arguments, engine_config_from_args, env_default, env_name
+from service.engine_args import add_engine_arguments, engine_config_from_args, env_default, env_name, with_default
 from service.errors import ConfigError
 from service.server.state import Limits
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server", "each flag falls back to the environment variable KVMEMO_<FLAG>")
     for name, kind, default, help_text in SERVER_FLAGS:
         group.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=name.upper(),
-                           help=f"{help_text} (default: {default}) [{env_name(name)}]")
+                           help=with_default(help_text, default, env_name(name)))
     add_engine_arguments(parser)
 
 

@@ -12,6 +12,7 @@ from service import metrics
 from service.engine.outputs import RequestOutput
 from service.engine.sampling import SamplingParams
 from service.errors import InvalidRequest
+from service.server.rejections import REJECTIONS
 from service.server.state import MAX_REQUEST_ID_CHARS, RequestError, ServerState
 
 
@@ -83,4 +84,5 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: RequestError):
+    REJECTIONS.record(error.code, error.message)
     await context.abort(error.code, error.message)

@@ -10,10 +10,9 @@ Outputs: `text_output` BYTES [1]; on request `finish_reason` BYTES [1], `num_inp
 import json
 from dataclasses import dataclass
 
-from service.engine.sampling import SamplingParams
+from service.engine.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 from service.server.tensors import invalid
 
-DEFAULT_MAX_TOKENS = 16
 # sampling field -> the Python types its JSON or tensor value may have (bool is no int here)
 FIELDS = {"max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "min_p": float, "seed": int,
           "ignore_eos": bool, "stop": list, "stop_token_ids": list, "logprobs": int}

@@ -8,11 +8,10 @@ import fcntl
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.progress import TERMINAL, run_with_progress, say
 
 MODULE_DIR = Path(__file__).resolve().parent
 KUBERNETES_MODULE = "k8s.io/kubernetes"
@@ -65,7 +64,7 @@ def _ldflags_etcd(version: str) -> str:
     return f"-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module-{version}"
 
 
-def _go_build(package: str, out: Path, ldflags: str, log) -> None:
+def _go_build(package: str, version: str, out: Path, ldflags: str, log) -> None:
     go = shutil.which("go")
     if go is None:
         raise BuildError("`go` is not on PATH: install Go >= 1.26 to build etcd and kube-apiserver for the tests")
@@ -75,16 +74,15 @@ def _go_build(package: str, out: Path, ldflags: str, log) -> None:
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly")
     tmp = out.with_name(out.name + ".partial")
     cmd = ["nice", "-n", "10", go, "build", "-p", jobs, "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package]
-    print(f"envtest: building {package} (-p {jobs}); the first build takes many minutes", file=log, flush=True)
-    started = time.monotonic()
-    result = subprocess.run(cmd, cwd=MODULE_DIR, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BuildError(f"`{' '.join(cmd)}` failed with exit {result.returncode}:\n{result.stderr[-4000:]}")
+    what = f"envtest: building {package} {version} (-p {jobs}; the first build takes many minutes)"
+    code, output = run_with_progress(cmd, what, log, cwd=MODULE_DIR, env=env)
+    if code != 0:
+        raise BuildError(f"`{' '.join(cmd)}` failed with exit {code}:\n{output}")
     tmp.rename(out)
-    print(f"envtest: built {out} in {time.monotonic() - started:.0f} s", file=log, flush=True)
+    say(log, f"envtest: built {out}")
 
 
-def ensure_binaries(log=sys.stderr) -> Binaries:
+def ensure_binaries(log=TERMINAL) -> Binaries:
     """Return cached binaries, building any that are missing. Raises BuildError saying why."""
     kube_version = pinned_version(KUBERNETES_MODULE)
     etcd_version = pinned_version(ETCD_MODULE)
@@ -95,9 +93,9 @@ def ensure_binaries(log=sys.stderr) -> Binaries:
     with open(tools_dir() / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test sessions must not build into the same place at once
         if not etcd.exists():
-            _go_build("./etcd", etcd, _ldflags_etcd(etcd_version), log)
+            _go_build("./etcd", etcd_version, etcd, _ldflags_etcd(etcd_version), log)
         if not kube.exists():
-            _go_build(f"{KUBERNETES_MODULE}/cmd/kube-apiserver", kube, _ldflags_kube(kube_version), log)
+            _go_build(f"{KUBERNETES_MODULE}/cmd/kube-apiserver", kube_version, kube, _ldflags_kube(kube_version), log)
     return Binaries(kube, etcd, kube_version, etcd_version)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -108,7 +109,8 @@ def test_bad_flag_exits_2_with_a_clear_error(tmp_path, value, fragment):
 
 
 def test_kvmemo_profile_json_on_this_machine(tmp_path):
-    result = kvmemo("profile", "--json", "--max-model-len", "256", "--max-num-seqs", "4", "--plan-dir", str(tmp_path))
+    result = kvmemo("profile", "--json", "--save", "--max-model-len", "256", "--max-num-seqs", "4",
+                    "--plan-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     for key in ("fingerprint", "device", "total_bytes", "free_at_start_bytes", "requested_bytes", "components",
@@ -120,7 +122,31 @@ def test_kvmemo_profile_json_on_this_machine(tmp_path):
     non_kv = sum(c.values())
     assert s["full_bytes"] == record["free_at_start_bytes"] - non_kv - record["safety_bytes"]
     assert s["fit_requested_bytes"] == record["requested_bytes"] - non_kv - record["safety_bytes"]
-    assert (tmp_path / f"{record['fingerprint'][:12]}.json").exists()  # remembered for the next serve
+    assert (tmp_path / f"{record['fingerprint'][:12]}.json").exists()  # --save: remembered for the next serve
+
+
+def test_kvmemo_profile_writes_no_plan_without_save(tmp_path):
+    """A look at the numbers must not overwrite the plan a running server booted from."""
+    plans = tmp_path / "plans"
+    result = kvmemo("profile", "--max-model-len", "256", "--max-num-seqs", "4", "--plan-dir", str(plans))
+    assert result.returncode == 0, result.stderr
+    assert "--kv-cache-memory-bytes=" in result.stdout and "written" not in result.stderr
+    assert not plans.exists() or not any(plans.iterdir())
+    assert "without --save nothing is written" in " ".join(kvmemo("profile", "--help").stdout.split())
+
+
+def test_the_cpu_boot_line_speaks_of_host_memory_and_advises_no_more_than_the_cap(tmp_path, caplog):
+    from service.memory.host import host_memory
+    from service.memory.plan import HOST_TOTALS
+
+    report = boot(tmp_path, caplog)
+    line = next(r.getMessage() for r in caplog.records if "--kv-cache-memory-bytes=" in r.getMessage())
+    assert line.startswith("Free host memory at start:") and HOST_TOTALS[host_memory().source] in line
+    assert "of host memory =" in line and "CUDA graphs" not in line and "whole device" not in line
+    advised = [int(n) for n in re.findall(r"--kv-cache-memory-bytes=(\d+)", line)]
+    # SMALL's 4 sequences of 256 tokens fill far less than the host's free memory: the advice says so.
+    assert advised == [report.kv_cache_memory_bytes]  # the cap, which is what was allocated
+    assert "capped: max_num_seqs=4 sequences of max_model_len=256 can use no more" in line
 
 
 def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_margin(tmp_path, caplog, monkeypatch):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from service.memory.plan import GiB, Components, PlanRecord, log_line, requested_bytes, suggest
+from service.memory.plan import GiB, Components, KVCap, PlanRecord, log_line, requested_bytes, suggest
 from service.memory.store import FilePlanStore
 
 
@@ -46,6 +46,22 @@ def test_log_line_gives_both_flags_ready_to_paste():
     assert f"--kv-cache-memory-bytes={r.suggestions.full_bytes}" in line
     for word in ("weights 16.00 GiB", "peak activation 2.00 GiB", "non-torch 0.50 GiB", "CUDA graphs 0.70 GiB"):
         assert word in line
+
+
+def test_log_line_never_advises_more_than_the_cap_and_says_it_is_capped():
+    r = record()
+    s = r.suggestions
+    below_both = KVCap(s.fit_requested_bytes // 2, 4, 256)
+    line = log_line(r, below_both.bytes, below_both)
+    assert f"--kv-cache-memory-bytes={below_both.bytes} (capped: max_num_seqs=4 sequences of max_model_len=256" in line
+    assert line.count("--kv-cache-memory-bytes=") == 1
+    assert s.full_bytes < s.fit_requested_bytes  # this record's device has less free than it may use
+    between = KVCap((s.fit_requested_bytes + s.full_bytes) // 2, 64, 8192)
+    line = log_line(r, between.bytes, between)
+    assert f"--kv-cache-memory-bytes={s.full_bytes} to use the whole device" in line
+    assert (f"--kv-cache-memory-bytes={between.bytes} to fit the requested utilization (capped: max_num_seqs=64 "
+            f"sequences of max_model_len=8192 can use no more; uncapped {s.fit_requested_bytes})") in line
+    assert log_line(r, 1, KVCap(s.fit_requested_bytes, 1, 1)) == log_line(r, 1)  # not capped: the line as it was
 
 
 def test_record_round_trips_and_rejects_foreign_json():

@@ -1,6 +1,7 @@
 """Prometheus metrics on their own port, `kvmemo generate`, and the pieces testable without a server."""
 
 import argparse
+import re
 import subprocess
 import urllib.request
 
@@ -36,6 +37,22 @@ def test_kvmemo_generate_prints_the_text(server):
     bad = subprocess.run([*kvmemo_command(), "generate", "Hello", "--server", server.address, "--max-tokens", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "max_tokens" in bad.stderr
+
+
+def test_kvmemo_generate_reads_the_prompt_from_stdin_or_a_file(server, tmp_path):
+    def generate(prompt: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([*kvmemo_command(), "generate", prompt, "--server", server.address, "--max-tokens", "8",
+                               "--seed", "3"], capture_output=True, timeout=120, **kw)
+
+    (tmp_path / "prompt.txt").write_text("Hello there", encoding="utf-8")
+    given, from_stdin = generate("Hello there"), generate("-", input=b"Hello there")
+    from_file = generate(f"@{tmp_path / 'prompt.txt'}")
+    assert given.returncode == 0, given.stderr
+    assert given.stdout == from_stdin.stdout == from_file.stdout  # exact bytes through a pipe, for each source
+    # 5 MB is past the shell's argument limit but not a file's; the server then refuses it and says why.
+    (tmp_path / "big.txt").write_text("many words " * ((5 << 20) // 11 + 1), encoding="utf-8")
+    big = generate(f"@{tmp_path / 'big.txt'}")
+    assert big.returncode == 1 and re.search(rb"RESOURCE_EXHAUSTED|INVALID_ARGUMENT", big.stderr), big.stderr[-2000:]
 
 
 def test_metrics_are_served_with_the_model_name(server):
