@@ -5,7 +5,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,26 +15,12 @@ from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner, resolve_device
 from service.memory import planner, snapshot
 from service.memory.fingerprint import fingerprint, fingerprint_fields
-from service.memory.plan import PlanRecord, format_bytes, log_line
+from service.memory.plan import format_bytes, log_line
 from service.memory.profiler import dummy_prompt_lens, run_dummy_batch
+from service.memory.report import BootReport
 from service.memory.store import FilePlanStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class BootReport:
-    phase_seconds: dict[str, float] = field(default_factory=dict)
-    fingerprint: str = ""
-    plan_source: str = ""  # flag | file | configmap | profile
-    plan_reason: str = ""
-    record: PlanRecord | None = None  # measured components and suggestions, when known
-    kv_cache_memory_bytes: int = 0  # what was allocated
-    num_blocks: int = 0
-    actual_non_kv_bytes: int = 0
-    prediction_error_bytes: int | None = None  # actual - predicted non-KV, when a prediction exists
-    plan_stale: bool = False
-    baseline: snapshot.Snapshot | None = None
 
 
 @contextmanager

@@ -6,7 +6,7 @@ rather than every size's logits (about 1.2 GB for 20 sizes of a 128K vocabulary)
 import numpy as np
 import torch
 
-from service.engine.attention import AttentionMetadata
+from service.model.attention import AttentionMetadata
 from service.engine.block_manager import NULL_BLOCK
 from service.engine.scheduler import ScheduledSeq
 

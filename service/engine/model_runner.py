@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from service.config import EngineConfig
-from service.engine.attention import AttentionMetadata, GroupMetadata
+from service.model.attention import AttentionMetadata, GroupMetadata
 from service.engine.block_manager import NULL_BLOCK
 from service.engine.sampler import SamplerOutput, SamplingBatch, sample
 from service.engine.scheduler import ScheduledSeq
