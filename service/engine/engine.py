@@ -32,29 +32,23 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, runner: ModelRunner | None = None, num_blocks: int | None = None):
-        """With num_blocks None, the KV cache is sized from config.kv_cache_memory_bytes (boot.py decides it
-        when the memory profiler runs)."""
+    def __init__(self, config: EngineConfig, runner: ModelRunner):
+        """runner: a ModelRunner whose KV cache is allocated (service.boot sizes it); its blocks are the
+        block manager's."""
         self.config = config
-        self.runner = runner or ModelRunner(config)
-        self.tokenizer = self.runner.loaded.tokenizer
-        self.model_config = self.runner.model_config
-        self.max_model_len = self.runner.max_model_len
-        if num_blocks is None:
-            if config.kv_cache_memory_bytes is None:
-                raise ConfigError("kv_cache_memory_bytes is not set and no block count was given")
-            num_blocks = self.runner.num_blocks_for(config.kv_cache_memory_bytes)
-        min_blocks = self.runner.max_blocks_per_seq + 1
-        if num_blocks < min_blocks:
+        self.runner = runner
+        self.tokenizer = runner.loaded.tokenizer
+        self.model_config = runner.model_config
+        self.max_model_len = runner.max_model_len
+        layout, num_blocks = runner.layout, runner.num_kv_blocks
+        if num_blocks < layout.min_num_blocks:
             raise ConfigError(
-                f"the KV cache holds {num_blocks} blocks of {config.block_size} tokens, fewer than the "
-                f"{min_blocks} that one max_model_len={self.max_model_len} sequence needs (plus the reserved "
-                f"block); raise kv_cache_memory_bytes to at least {min_blocks * self.runner.bytes_per_block} "
-                f"or lower max_model_len"
+                f"the KV cache holds {num_blocks} blocks of {layout.block_size} tokens, fewer than the "
+                f"{layout.min_num_blocks} that one max_model_len={self.max_model_len} sequence needs (plus the "
+                f"reserved block); raise kv_cache_memory_bytes to at least "
+                f"{layout.min_num_blocks * layout.bytes_per_block} or lower max_model_len"
             )
-        if not self.runner.kv_caches:
-            self.runner.allocate_kv_cache(num_blocks)
-        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.block_manager = BlockManager(num_blocks, layout.block_size)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, Detokenizer] = {}

@@ -126,10 +126,16 @@ def test_kvmemo_profile_json_on_this_machine(tmp_path):
 def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_margin(tmp_path, caplog, monkeypatch):
     import service.boot
 
-    def out_of_memory(runner, lens):
+    def out_of_memory(lens):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 376.00 MiB.")
 
-    monkeypatch.setattr(service.boot, "run_dummy_batch", out_of_memory)
+    real_warm_up = service.boot.warm_up
+
+    def warm_up_out_of_memory(runner, config):  # profiling's dummy batches run; the warm-up's runs out
+        monkeypatch.setattr(runner, "dummy_run", out_of_memory)
+        return real_warm_up(runner, config)
+
+    monkeypatch.setattr(service.boot, "warm_up", warm_up_out_of_memory)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         engine, report = build_engine(EngineConfig(plan_dir=str(tmp_path), **SMALL))
