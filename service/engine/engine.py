@@ -1,7 +1,8 @@
-"""The engine: add requests, step, abort. One `step()` schedules, runs, samples and collects."""
+"""The engine: add requests, step, abort. One `step()` schedules, runs (the runner samples), lets the scheduler
+account for the sampled tokens, and builds the outputs: detokenising, and checking stop strings, is all
+the engine itself does to a sequence."""
 
 import logging
-import time
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ from service.engine.detokenizer import Detokenizer
 from service.engine.model_runner import ModelRunner
 from service.engine.outputs import RequestOutput
 from service.engine.sampling import SamplingParams
-from service.engine.scheduler import Scheduler, ScheduledSeq
+from service.engine.scheduler import SampledToken, Scheduler, ScheduledSeq
 from service.engine.sequence import Sequence
 from service.errors import ConfigError, InvalidRequest
 
@@ -49,7 +50,8 @@ class LLMEngine:
                 f"{layout.min_num_blocks * layout.bytes_per_block} or lower max_model_len"
             )
         self.block_manager = BlockManager(num_blocks, layout.block_size)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
+                                   self.max_model_len, self.model_config.eos_token_ids)
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, Detokenizer] = {}
         self.num_ooms = 0
@@ -86,7 +88,8 @@ class LLMEngine:
         seq = self.sequences.get(request_id)
         if seq is None:
             return None
-        return self._finish(seq, "abort", "")
+        self.scheduler.finish(seq, "abort")
+        return self._finished_output(seq, "")
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -105,42 +108,24 @@ class LLMEngine:
             sampling, sampled = self.runner.run(batch)
         except torch.OutOfMemoryError as e:
             return self._fail_batch(batch, e)
-        return self._postprocess(sampling, sampled, batch)
+        return [self._output(t) for t in self.scheduler.update_from_output(batch, sampling, sampled)]
 
-    def _postprocess(self, sampling: list[ScheduledSeq], sampled, batch) -> list[RequestOutput]:
-        for s in batch:
-            s.seq.num_computed_tokens += s.num_new_tokens
-        outputs = []
-        now = time.monotonic()
-        for s, token, lps in zip(sampling, sampled.token_ids, sampled.logprobs):
-            seq = s.seq
-            seq.output_token_ids.append(token)
-            if lps is not None:
-                seq.output_logprobs.append(lps)
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-            new_text, hit_stop = self.detokenizers[seq.request_id].update(self.tokenizer, seq.output_token_ids)
-            reason = "stop" if hit_stop else self._finish_reason(seq, token)
-            if reason:
-                out = self._finish(seq, reason, new_text, new_tokens=[token])
-            else:
-                out = RequestOutput(seq.request_id, [token], new_text, num_prompt_tokens=seq.num_prompt_tokens,
-                                    num_output_tokens=len(seq.output_token_ids))
-            out.logprobs = [lps] if lps is not None else []
-            outputs.append(out)
-        return outputs
+    def _output(self, t: SampledToken) -> RequestOutput:
+        seq = t.seq
+        new_text, hit_stop = self.detokenizers[seq.request_id].update(self.tokenizer, seq.output_token_ids)
+        if hit_stop:
+            self.scheduler.finish(seq, "stop")
+        if seq.finished:
+            out = self._finished_output(seq, new_text, [t.token])
+        else:
+            out = RequestOutput(seq.request_id, [t.token], new_text, num_prompt_tokens=seq.num_prompt_tokens,
+                                num_output_tokens=len(seq.output_token_ids))
+        out.logprobs = [t.logprobs] if t.logprobs is not None else []
+        return out
 
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
-        p = seq.params
-        if token in p.stop_token_ids or (not p.ignore_eos and token in self.model_config.eos_token_ids):
-            return "stop"
-        if len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-            return "length"
-        return None
-
-    def _finish(self, seq: Sequence, reason: str, new_text: str, new_tokens=(), error=None) -> RequestOutput:
-        self.scheduler.remove(seq)
-        seq.finish_reason = reason
+    def _finished_output(self, seq: Sequence, new_text: str, new_tokens=(), error=None) -> RequestOutput:
+        """The last output of a sequence the scheduler has finished; the engine forgets it."""
+        reason = seq.finish_reason
         detok = self.detokenizers.pop(seq.request_id)
         del self.sequences[seq.request_id]
         tail = detok.flush() if reason in ("length", "stop") else ""  # text held back for a stop string
@@ -154,4 +139,8 @@ class LLMEngine:
         log.error("CUDA out of memory in a step of %d requests; they end with an error: %s", len(batch), e)
         torch.cuda.empty_cache()
         msg = f"resource exhausted: the device ran out of memory while running this request ({e})"
-        return [self._finish(s.seq, "error", "", error=msg) for s in batch]
+        outputs = []
+        for s in batch:
+            self.scheduler.finish(s.seq, "error")
+            outputs.append(self._finished_output(s.seq, "", error=msg))
+        return outputs
