@@ -122,8 +122,7 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
     report.phase_seconds["total"] = time.perf_counter() - start
     check_prediction(report, snapshot.take(runner.device), config, file_store)
     if warmup_oom:
-        engine.num_ooms += 1
-        record_oom(report, config)
+        engine.count_oom()  # only counted: the server records it against the plan, as it does every engine OOM
     if report.record is not None:
         log.info(log_line(report.record, report.kv_cache_memory_bytes))
     return engine, report
@@ -149,8 +148,9 @@ def warm_up(runner, config: EngineConfig) -> bool:
 
 
 def record_oom(report: BootReport, config: EngineConfig) -> None:
-    """A device OOM while serving: the file plan is marked stale (the next boot profiles again) and counts it.
-    The ConfigMap's OOM event is written by service.publish; the controller lowers the plan on it."""
+    """A device OOM that the engine counted: the file plan is marked stale (the next boot profiles again) and
+    counts it. The server calls it once per OOM, boot's warm-up included; the ConfigMap's OOM event is written
+    by service.publish, and the controller lowers the plan on it."""
     store = file_store_for(config)
     if store is None or report.record is None:
         return

@@ -94,6 +94,11 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def count_oom(self) -> None:
+        """Every device OOM, in a step or in boot's warm-up, is counted here and only here; whoever serves the
+        engine reads the count from stats() and records each new OOM against the plan once."""
+        self.num_ooms += 1
+
     def stats(self) -> EngineStats:
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
                            self.block_manager.num_free_blocks, self.block_manager.num_usable_blocks,
@@ -135,7 +140,7 @@ class LLMEngine:
 
     def _fail_batch(self, batch: list[ScheduledSeq], e: Exception) -> list[RequestOutput]:
         """A CUDA OOM inside a step ends the batch's requests with an error; the engine keeps serving."""
-        self.num_ooms += 1
+        self.count_oom()
         log.error("CUDA out of memory in a step of %d requests; they end with an error: %s", len(batch), e)
         torch.cuda.empty_cache()
         msg = f"resource exhausted: the device ran out of memory while running this request ({e})"
