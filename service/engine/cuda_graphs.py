@@ -6,9 +6,9 @@ rather than every size's logits (about 1.2 GB for 20 sizes of a 128K vocabulary)
 import numpy as np
 import torch
 
-from service.model.attention import AttentionMetadata
 from service.engine.block_manager import NULL_BLOCK
 from service.engine.scheduler import ScheduledSeq
+from service.model.attention import AttentionMetadata
 
 
 class DecodeGraphs:
@@ -20,7 +20,8 @@ class DecodeGraphs:
         self.positions = torch.zeros(max_bs, dtype=torch.int64, device=dev)
         self.slot_mapping = torch.zeros(max_bs, dtype=torch.int64, device=dev)
         # Full width: a graph's kernels are shaped for the longest sequence the engine allows.
-        self.block_tables = torch.full((max_bs, runner.layout.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32, device=dev)
+        self.block_tables = torch.full((max_bs, runner.layout.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32,
+                                       device=dev)
         self.context_lens = torch.ones(max_bs, dtype=torch.int32, device=dev)
         self.logits = torch.empty(max_bs, runner.model_config.vocab_size, dtype=torch.float32, device=dev)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}

@@ -6,13 +6,13 @@ import numpy as np
 import torch
 
 from service.config import EngineConfig
-from service.model.attention import AttentionMetadata, GroupMetadata
 from service.engine.block_manager import NULL_BLOCK, BlockManager
 from service.engine.kv_layout import KVLayout
 from service.engine.sampler import SamplerOutput, SamplingBatch, sample
 from service.engine.sampling import SamplingParams
 from service.engine.scheduler import ScheduledSeq
 from service.engine.sequence import Sequence
+from service.model.attention import AttentionMetadata, GroupMetadata
 from service.model.loader import LoadedModel, load_model
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
