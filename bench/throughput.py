@@ -56,7 +56,7 @@ def run_workload(engine, workload: dict) -> dict:
     seconds = time.perf_counter() - start
     step = sorted(decode_steps)[len(decode_steps) // 2] if decode_steps else None
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
-    kv_per_token = engine.runner.bytes_per_block // engine.runner.block_size
+    kv_per_token = engine.runner.layout.bytes_per_block // engine.runner.layout.block_size
     mean_context = sum(decode_context) / len(decode_context) if decode_context else 0
     bytes_per_step = weight_bytes + mean_context * kv_per_token
     return {

@@ -5,7 +5,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,26 +15,12 @@ from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner, resolve_device
 from service.memory import planner, snapshot
 from service.memory.fingerprint import fingerprint, fingerprint_fields
-from service.memory.plan import PlanRecord, format_bytes
-from service.memory.profiler import dummy_prompt_lens, run_dummy_batch
+from service.memory.plan import format_bytes
+from service.memory.profiler import dummy_prompt_lens
+from service.memory.report import BootReport
 from service.memory.store import FilePlanStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class BootReport:
-    phase_seconds: dict[str, float] = field(default_factory=dict)
-    fingerprint: str = ""
-    plan_source: str = ""  # flag | file | configmap | profile
-    plan_reason: str = ""
-    record: PlanRecord | None = None  # measured components and suggestions, when known
-    kv_cache_memory_bytes: int = 0  # what was allocated
-    num_blocks: int = 0
-    actual_non_kv_bytes: int = 0
-    prediction_error_bytes: int | None = None  # actual - predicted non-KV, when a prediction exists
-    plan_stale: bool = False
-    baseline: snapshot.Snapshot | None = None
 
 
 @contextmanager
@@ -117,41 +103,40 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
     with timed(report, "allocate_kv"):
         if runner.device.type == "cuda":
             torch.cuda.empty_cache()  # what profiling cached would otherwise sit beside the KV cache
-        kv_bytes, cap = decision.kv_cache_memory_bytes, planner.kv_cap(runner)
-        if kv_bytes > cap.bytes:
-            kv_bytes = cap.bytes
+        layout = runner.layout
+        kv_bytes = decision.kv_cache_memory_bytes
+        if kv_bytes > layout.useful_bytes:
+            kv_bytes = layout.useful_bytes
             log.info("KV cache capped at %s: max_num_seqs=%d sequences of max_model_len=%d can use no more",
-                     format_bytes(kv_bytes), cap.max_num_seqs, cap.max_model_len)
-        num_blocks = runner.num_blocks_for(kv_bytes)
-        engine = LLMEngine(config, runner, num_blocks=num_blocks)
+                     format_bytes(kv_bytes), layout.max_num_seqs, layout.max_model_len)
+        num_blocks = layout.num_blocks_for(kv_bytes)
+        runner.allocate_kv_cache(num_blocks)
+        engine = LLMEngine(config, runner)
     report.num_blocks = num_blocks
-    report.kv_cache_memory_bytes = num_blocks * runner.bytes_per_block
+    report.kv_cache_memory_bytes = num_blocks * layout.bytes_per_block
 
     with timed(report, "capture_graphs"):
-        if runner.device.type == "cuda" and not config.enforce_eager:
-            from service.engine.cuda_graphs import DecodeGraphs
-
-            runner.graphs = DecodeGraphs(runner, config.cuda_graph_sizes)
-            runner.graphs.capture()
-        warmup_oom = warm_up(runner, config, num_blocks)
+        if runner.uses_graphs:
+            runner.capture_graphs(config.cuda_graph_sizes)
+        warmup_oom = warm_up(runner, config)
     report.phase_seconds["total"] = time.perf_counter() - start
     check_prediction(report, snapshot.take(runner.device), config, file_store)
     if warmup_oom:
-        engine.num_ooms += 1
-        record_oom(report, config)
+        engine.count_oom()  # only counted: the server records it against the plan, as it does every engine OOM
     if report.record is not None:
         log.info(planner.plan_log_line(report.record, report.kv_cache_memory_bytes, runner))
     return engine, report
 
 
-def warm_up(runner, config: EngineConfig, num_blocks: int) -> bool:
+def warm_up(runner, config: EngineConfig) -> bool:
     """One batch of the profiled shape brings the allocator to its serving peak before requests come; returns
     whether it ran out of memory (serving goes on: an out-of-memory step fails only its own requests)."""
     if runner.device.type == "cuda":
         torch.cuda.empty_cache()  # the activation was profiled from an empty cache: start from the same state
-    lens = dummy_prompt_lens(config.max_num_batched_tokens, config.max_num_seqs, runner.max_model_len)
+    layout = runner.layout
+    lens = dummy_prompt_lens(config.max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len)
     try:
-        run_dummy_batch(runner, lens[: max(1, num_blocks // runner.max_blocks_per_seq)])
+        runner.dummy_run(lens[: max(1, runner.num_kv_blocks // layout.max_blocks_per_seq)])
         return False
     except torch.OutOfMemoryError as e:
         reason = str(e).splitlines()[0]
@@ -163,8 +148,9 @@ def warm_up(runner, config: EngineConfig, num_blocks: int) -> bool:
 
 
 def record_oom(report: BootReport, config: EngineConfig) -> None:
-    """A device OOM while serving: the file plan is marked stale (the next boot profiles again) and counts it.
-    The ConfigMap's OOM event is written by service.publish; the controller lowers the plan on it."""
+    """A device OOM that the engine counted: the file plan is marked stale (the next boot profiles again) and
+    counts it. The server calls it once per OOM, boot's warm-up included; the ConfigMap's OOM event is written
+    by service.publish, and the controller lowers the plan on it."""
     store = file_store_for(config)
     if store is None or report.record is None:
         return

@@ -135,17 +135,16 @@ def check_engine_kernels():
     """The engine's metadata for both kernels: chunked prefills after cached context, decodes, preemption-free
     mixed batches; greedy tokens equal the padded-SDPA reference path's."""
     from service.config import EngineConfig
-    from service.engine.engine import LLMEngine
     from service.engine.model_runner import ModelRunner
     from service.engine.sampling import SamplingParams
-    from tests.engine.conftest import run_to_completion
+    from tests.engine.conftest import engine_over, run_to_completion
 
     def greedy(use_triton):
         config = EngineConfig(model="tiny", device="cpu", dtype="float32", max_num_seqs=3, max_model_len=256,
                               max_num_batched_tokens=40, kv_cache_memory_bytes=8 << 20, plan_store="none")
         runner = ModelRunner(config)
         runner.use_triton = use_triton
-        engine = LLMEngine(config, runner, num_blocks=runner.num_blocks_for(config.kv_cache_memory_bytes))
+        engine = engine_over(runner, runner.layout.num_blocks_for(config.kv_cache_memory_bytes))
         for i, n in enumerate((3, 70, 17, 101, 1)):
             engine.add_request(str(i), [256] + list(range(10, 10 + n)),
                                SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))

@@ -6,9 +6,9 @@ rather than every size's logits (about 1.2 GB for 20 sizes of a 128K vocabulary)
 import numpy as np
 import torch
 
-from service.engine.attention import AttentionMetadata
 from service.engine.block_manager import NULL_BLOCK
 from service.engine.scheduler import ScheduledSeq
+from service.model.attention import AttentionMetadata
 
 
 class DecodeGraphs:
@@ -20,7 +20,8 @@ class DecodeGraphs:
         self.positions = torch.zeros(max_bs, dtype=torch.int64, device=dev)
         self.slot_mapping = torch.zeros(max_bs, dtype=torch.int64, device=dev)
         # Full width: a graph's kernels are shaped for the longest sequence the engine allows.
-        self.block_tables = torch.full((max_bs, runner.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32, device=dev)
+        self.block_tables = torch.full((max_bs, runner.layout.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32,
+                                       device=dev)
         self.context_lens = torch.ones(max_bs, dtype=torch.int32, device=dev)
         self.logits = torch.empty(max_bs, runner.model_config.vocab_size, dtype=torch.float32, device=dev)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -50,7 +51,7 @@ class DecodeGraphs:
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         n = len(batch)
         bs = next(s for s in self.sizes if s >= n)
-        block_size = self.runner.block_size
+        block_size = self.runner.layout.block_size
         width = max(len(s.seq.block_table) for s in batch)
         tables = np.full((n, width), NULL_BLOCK, dtype=np.int32)
         ids, positions, slots = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)

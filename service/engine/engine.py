@@ -1,7 +1,8 @@
-"""The engine: add requests, step, abort. One `step()` schedules, runs, samples and collects."""
+"""The engine: add requests, step, abort. One `step()` schedules, runs (the runner samples), lets the scheduler
+account for the sampled tokens, and builds the outputs: detokenising, and checking stop strings, is all
+the engine itself does to a sequence."""
 
 import logging
-import time
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ from service.engine.detokenizer import Detokenizer
 from service.engine.model_runner import ModelRunner
 from service.engine.outputs import RequestOutput
 from service.engine.sampling import SamplingParams
-from service.engine.scheduler import Scheduler, ScheduledSeq
+from service.engine.scheduler import SampledToken, Scheduler, ScheduledSeq
 from service.engine.sequence import Sequence
 from service.errors import ConfigError, InvalidRequest
 
@@ -32,30 +33,25 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, runner: ModelRunner | None = None, num_blocks: int | None = None):
-        """With num_blocks None, the KV cache is sized from config.kv_cache_memory_bytes (boot.py decides it
-        when the memory profiler runs)."""
+    def __init__(self, config: EngineConfig, runner: ModelRunner):
+        """runner: a ModelRunner whose KV cache is allocated (service.boot sizes it); its blocks are the
+        block manager's."""
         self.config = config
-        self.runner = runner or ModelRunner(config)
-        self.tokenizer = self.runner.loaded.tokenizer
-        self.model_config = self.runner.model_config
-        self.max_model_len = self.runner.max_model_len
-        if num_blocks is None:
-            if config.kv_cache_memory_bytes is None:
-                raise ConfigError("kv_cache_memory_bytes is not set and no block count was given")
-            num_blocks = self.runner.num_blocks_for(config.kv_cache_memory_bytes)
-        min_blocks = self.runner.max_blocks_per_seq + 1
-        if num_blocks < min_blocks:
+        self.runner = runner
+        self.tokenizer = runner.loaded.tokenizer
+        self.model_config = runner.model_config
+        self.max_model_len = runner.max_model_len
+        layout, num_blocks = runner.layout, runner.num_kv_blocks
+        if num_blocks < layout.min_num_blocks:
             raise ConfigError(
-                f"the KV cache holds {num_blocks} blocks of {config.block_size} tokens, fewer than the "
-                f"{min_blocks} that one max_model_len={self.max_model_len} sequence needs (plus the reserved "
-                f"block); raise kv_cache_memory_bytes to at least {min_blocks * self.runner.bytes_per_block} "
-                f"or lower max_model_len"
+                f"the KV cache holds {num_blocks} blocks of {layout.block_size} tokens, fewer than the "
+                f"{layout.min_num_blocks} that one max_model_len={self.max_model_len} sequence needs (plus the "
+                f"reserved block); raise kv_cache_memory_bytes to at least "
+                f"{layout.min_num_blocks * layout.bytes_per_block} or lower max_model_len"
             )
-        if not self.runner.kv_caches:
-            self.runner.allocate_kv_cache(num_blocks)
-        self.block_manager = BlockManager(num_blocks, config.block_size)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.block_manager = BlockManager(num_blocks, layout.block_size)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
+                                   self.max_model_len, self.model_config.eos_token_ids)
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, Detokenizer] = {}
         self.num_ooms = 0
@@ -93,10 +89,16 @@ class LLMEngine:
         seq = self.sequences.get(request_id)
         if seq is None:
             return None
-        return self._finish(seq, "abort", "")
+        self.scheduler.finish(seq, "abort")
+        return self._finished_output(seq, "")
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
+
+    def count_oom(self) -> None:
+        """Every device OOM, in a step or in boot's warm-up, is counted here and only here; whoever serves the
+        engine reads the count from stats() and records each new OOM against the plan once."""
+        self.num_ooms += 1
 
     def stats(self) -> EngineStats:
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
@@ -112,42 +114,24 @@ class LLMEngine:
             sampling, sampled = self.runner.run(batch)
         except torch.OutOfMemoryError as e:
             return self._fail_batch(batch, e)
-        return self._postprocess(sampling, sampled, batch)
+        return [self._output(t) for t in self.scheduler.update_from_output(batch, sampling, sampled)]
 
-    def _postprocess(self, sampling: list[ScheduledSeq], sampled, batch) -> list[RequestOutput]:
-        for s in batch:
-            s.seq.num_computed_tokens += s.num_new_tokens
-        outputs = []
-        now = time.monotonic()
-        for s, token, lps in zip(sampling, sampled.token_ids, sampled.logprobs):
-            seq = s.seq
-            seq.output_token_ids.append(token)
-            if lps is not None:
-                seq.output_logprobs.append(lps)
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-            new_text, hit_stop = self.detokenizers[seq.request_id].update(self.tokenizer, seq.output_token_ids)
-            reason = "stop" if hit_stop else self._finish_reason(seq, token)
-            if reason:
-                out = self._finish(seq, reason, new_text, new_tokens=[token])
-            else:
-                out = RequestOutput(seq.request_id, [token], new_text, num_prompt_tokens=seq.num_prompt_tokens,
-                                    num_output_tokens=len(seq.output_token_ids))
-            out.logprobs = [lps] if lps is not None else []
-            outputs.append(out)
-        return outputs
+    def _output(self, t: SampledToken) -> RequestOutput:
+        seq = t.seq
+        new_text, hit_stop = self.detokenizers[seq.request_id].update(self.tokenizer, seq.output_token_ids)
+        if hit_stop:
+            self.scheduler.finish(seq, "stop")
+        if seq.finished:
+            out = self._finished_output(seq, new_text, [t.token])
+        else:
+            out = RequestOutput(seq.request_id, [t.token], new_text, num_prompt_tokens=seq.num_prompt_tokens,
+                                num_output_tokens=len(seq.output_token_ids))
+        out.logprobs = [t.logprobs] if t.logprobs is not None else []
+        return out
 
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
-        p = seq.params
-        if token in p.stop_token_ids or (not p.ignore_eos and token in self.model_config.eos_token_ids):
-            return "stop"
-        if len(seq.output_token_ids) >= seq.max_output_tokens:
-            return "length"
-        return None
-
-    def _finish(self, seq: Sequence, reason: str, new_text: str, new_tokens=(), error=None) -> RequestOutput:
-        self.scheduler.remove(seq)
-        seq.finish_reason = reason
+    def _finished_output(self, seq: Sequence, new_text: str, new_tokens=(), error=None) -> RequestOutput:
+        """The last output of a sequence the scheduler has finished; the engine forgets it."""
+        reason = seq.finish_reason
         detok = self.detokenizers.pop(seq.request_id)
         del self.sequences[seq.request_id]
         tail = detok.flush() if reason in ("length", "stop") else ""  # text held back for a stop string
@@ -158,8 +142,12 @@ class LLMEngine:
 
     def _fail_batch(self, batch: list[ScheduledSeq], e: Exception) -> list[RequestOutput]:
         """A CUDA OOM inside a step ends the batch's requests with an error; the engine keeps serving."""
-        self.num_ooms += 1
+        self.count_oom()
         log.error("CUDA out of memory in a step of %d requests; they end with an error: %s", len(batch), e)
         torch.cuda.empty_cache()
         msg = f"resource exhausted: the device ran out of memory while running this request ({e})"
-        return [self._finish(s.seq, "error", "", error=msg) for s in batch]
+        outputs = []
+        for s in batch:
+            self.scheduler.finish(s.seq, "error")
+            outputs.append(self._finished_output(s.seq, "", error=msg))
+        return outputs

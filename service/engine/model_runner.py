@@ -1,14 +1,18 @@
 """Turns a scheduled batch into tensors, runs the model (eagerly, or by CUDA-graph replay for pure
-decode batches) and samples."""
+decode batches) and samples. The runner owns the KV cache and the CUDA graphs: it computes their layout
+once, and allocates, frees and captures them only through its own methods."""
 
 import numpy as np
 import torch
 
 from service.config import EngineConfig
-from service.engine.attention import AttentionMetadata, GroupMetadata
-from service.engine.block_manager import NULL_BLOCK
+from service.engine.block_manager import NULL_BLOCK, BlockManager
+from service.engine.kv_layout import KVLayout
 from service.engine.sampler import SamplerOutput, SamplingBatch, sample
+from service.engine.sampling import SamplingParams
 from service.engine.scheduler import ScheduledSeq
+from service.engine.sequence import Sequence
+from service.model.attention import AttentionMetadata, GroupMetadata
 from service.model.loader import LoadedModel, load_model
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -38,34 +42,64 @@ class ModelRunner:
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings)
         self.model.init_rope(self.max_model_len, self.device, self.dtype)
-        self.block_size = config.block_size
-        self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
+        cfg, element = self.model_config, torch.tensor([], dtype=self.dtype).element_size()
+        self.layout = KVLayout(
+            block_size=config.block_size, bytes_per_block=cfg.kv_bytes_per_token * config.block_size * element,
+            max_blocks_per_seq=-(-self.max_model_len // config.block_size), max_model_len=self.max_model_len,
+            max_num_seqs=config.max_num_seqs, num_layers=cfg.num_hidden_layers, num_kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim, dtype=self.dtype,
+        )
         self.use_triton = self.device.type == "cuda"
-        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.graphs = None  # service.engine.cuda_graphs.DecodeGraphs once captured
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (K, V), once allocated
+        self.graphs = None  # service.engine.cuda_graphs.DecodeGraphs, once captured
 
-    # --- KV cache -----------------------------------------------------------------------------------
+    # --- what the runner owns: its KV cache and its CUDA graphs -------------------------------------
     @property
-    def bytes_per_block(self) -> int:
-        """2 (K and V) x layers x block_size x kv_heads x head_dim x dtype size."""
-        element = torch.tensor([], dtype=self.dtype).element_size()
-        return self.model_config.kv_bytes_per_token * self.block_size * element
-
-    def num_blocks_for(self, kv_cache_memory_bytes: int) -> int:
-        return kv_cache_memory_bytes // self.bytes_per_block
+    def num_kv_blocks(self) -> int:
+        """Blocks in the allocated KV cache; 0 before allocate_kv_cache."""
+        return self.kv_caches[0][0].shape[0] if self.kv_caches else 0
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        cfg = self.model_config
-        shape = (num_blocks, self.block_size, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (num_blocks, *self.layout.block_shape)
         self.kv_caches = [
             (torch.zeros(shape, dtype=self.dtype, device=self.device),
              torch.zeros(shape, dtype=self.dtype, device=self.device))
-            for _ in range(cfg.num_hidden_layers)
+            for _ in range(self.layout.num_layers)
         ]
 
     def free_kv_cache(self) -> None:
+        """Drops the cache and the graphs captured over it."""
         self.kv_caches = []
         self.graphs = None
+
+    @property
+    def uses_graphs(self) -> bool:
+        return self.device.type == "cuda" and not self.config.enforce_eager
+
+    def capture_graphs(self, sizes: list[int]) -> None:
+        """Captures the pure-decode CUDA graphs over the allocated KV cache; run() replays them from then on."""
+        from service.engine.cuda_graphs import DecodeGraphs
+
+        graphs = DecodeGraphs(self, sizes)
+        graphs.capture()
+        self.graphs = graphs
+
+    @torch.inference_mode()
+    def dummy_run(self, lens: list[int]) -> None:
+        """One prefill of len(lens) dummy requests through the allocated KV cache, then a sampler pass over
+        max_num_seqs rows with top-k and top-p on: the batch that profiling measures and warm-up replays."""
+        blocks = BlockManager(self.num_kv_blocks, self.layout.block_size)
+        greedy = SamplingParams(max_tokens=1, temperature=0)
+        vocab = self.model_config.vocab_size
+        batch = []
+        for i, n in enumerate(lens):
+            seq = Sequence(f"dummy-{i}", [i % vocab] * n, greedy)
+            blocks.allocate(seq, n)
+            batch.append(ScheduledSeq(seq, n))
+        self.run(batch)
+        rows = self.layout.max_num_seqs
+        logits = torch.randn(rows, vocab, device=self.device)
+        sample(logits, SamplingBatch([SamplingParams(temperature=1.0, top_k=50, top_p=0.9)] * rows, [0] * rows))
 
     # --- one step -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -86,7 +120,7 @@ class ModelRunner:
 
     def prepare(self, batch: list[ScheduledSeq]):
         input_ids, positions, slots, logits_indices = [], [], [], []
-        bs = self.block_size
+        bs = self.layout.block_size
         for s in batch:
             start, end = s.seq.num_computed_tokens, s.seq.num_computed_tokens + s.num_new_tokens
             input_ids += s.seq.token_ids(start, end)
@@ -146,7 +180,7 @@ class ModelRunner:
         mask = np.arange(max_k)[None, None, :] <= q_pos[:, :, None]
         mask[:, :, 0] = True  # padded query rows see one key, so their (discarded) softmax is finite
         return GroupMetadata(
-            block_tables=self.block_table_tensor(batch, -(-max_k // self.block_size)),
+            block_tables=self.block_table_tensor(batch, -(-max_k // self.layout.block_size)),
             q_index=torch.from_numpy(q_index).to(self.device, non_blocking=True),
             mask=torch.from_numpy(mask[:, None]).to(self.device, non_blocking=True),
             max_q_len=max_q,

@@ -23,7 +23,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from service.boot import file_store_for, load_and_fingerprint
-    from service.memory.planner import kv_cap, plan_log_line, profile_record
+    from service.memory.planner import plan_log_line, profile_record
 
     try:
         config = engine_config_from_args(args)
@@ -41,6 +41,6 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record.to_json(), indent=2, sort_keys=True))
     else:
-        kv = min(record.suggestions.for_policy(config.kv_cache_policy), kv_cap(loaded.runner).bytes)
+        kv = min(record.suggestions.for_policy(config.kv_cache_policy), loaded.runner.layout.useful_bytes)
         print(plan_log_line(record, kv, loaded.runner))
     return 0

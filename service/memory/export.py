@@ -1,8 +1,8 @@
 """The memory metrics of a boot (shared/DESIGN.md), set once the engine is up."""
 
 from service import metrics
-from service.boot import BootReport
 from service.memory import snapshot
+from service.memory.report import BootReport
 
 
 def export_boot_metrics(model_name: str, report: BootReport, device=None) -> None:

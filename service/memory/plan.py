@@ -99,7 +99,7 @@ HOST_TOTALS = {"cgroup-v2": "the cgroup limit memory.max", "cgroup-v1": "the cgr
 
 @dataclass(frozen=True, slots=True)
 class KVCap:
-    """The most KV cache max_num_seqs sequences of max_model_len can fill (planner.useful_kv_bytes)."""
+    """The most KV cache max_num_seqs sequences of max_model_len can fill (KVLayout.useful_bytes)."""
     bytes: int
     max_num_seqs: int
     max_model_len: int

@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass
 
 from service.config import EngineConfig
+from service.engine.kv_layout import KVLayout
 from service.errors import ConfigError
 from service.memory import profiler
 from service.memory.host import host_memory
@@ -37,27 +38,22 @@ def safety_bytes(config: EngineConfig, device_type: str) -> int:
     return DEFAULT_SAFETY_BYTES.get(device_type, DEFAULT_SAFETY_BYTES["cuda"])
 
 
-def useful_kv_bytes(runner) -> int:
-    """More KV cache than max_num_seqs sequences of max_model_len can fill is never allocated."""
-    return (runner.config.max_num_seqs * runner.max_blocks_per_seq + 1) * runner.bytes_per_block
-
-
-def kv_cap(runner) -> KVCap:
-    return KVCap(useful_kv_bytes(runner), runner.config.max_num_seqs, runner.max_model_len)
+def kv_cap(layout: KVLayout) -> KVCap:
+    return KVCap(layout.useful_bytes, layout.max_num_seqs, layout.max_model_len)
 
 
 def plan_log_line(record: PlanRecord, kv_in_use: int, runner) -> str:
     """log_line for this runner: its cap, and on CPU what the host total is (cgroup limit or MemTotal)."""
     host_total = host_memory().source if runner.device.type != "cuda" else None
-    return log_line(record, kv_in_use, kv_cap(runner), host_total)
+    return log_line(record, kv_in_use, kv_cap(runner.layout), host_total)
 
 
-def check_kv_bytes(value: int, runner, free_after_weights: int) -> str | None:
+def check_kv_bytes(value: int, layout: KVLayout, free_after_weights: int) -> str | None:
     """What is wrong with value as a KV-cache size, or None."""
-    lowest = (runner.max_blocks_per_seq + 1) * runner.bytes_per_block
+    lowest = layout.min_num_blocks * layout.bytes_per_block
     if value < lowest:
-        return (f"{value} bytes is below one max_model_len={runner.max_model_len} sequence's worth of "
-                f"{runner.max_blocks_per_seq} blocks plus the reserved one ({lowest} bytes)")
+        return (f"{value} bytes is below one max_model_len={layout.max_model_len} sequence's worth of "
+                f"{layout.max_blocks_per_seq} blocks plus the reserved one ({lowest} bytes)")
     if value > free_after_weights:
         return f"{value} bytes exceeds the {free_after_weights} bytes free after loading the weights"
     return None
@@ -65,8 +61,10 @@ def check_kv_bytes(value: int, runner, free_after_weights: int) -> str | None:
 
 def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights: int, weights: int, fp: str,
            file_store: FilePlanStore | None, configmap_plan: dict | None) -> KVDecision:
+    """runner: the ModelRunner, without a KV cache; its layout sizes the checks, and profiling runs through it."""
+    layout = runner.layout
     if config.kv_cache_memory_bytes is not None:
-        problem = check_kv_bytes(config.kv_cache_memory_bytes, runner, free_after_weights)
+        problem = check_kv_bytes(config.kv_cache_memory_bytes, layout, free_after_weights)
         if problem:
             raise ConfigError(f"--kv-cache-memory-bytes={config.kv_cache_memory_bytes}: {problem}")
         return KVDecision(config.kv_cache_memory_bytes, "flag", None, "set by --kv-cache-memory-bytes")
@@ -97,7 +95,7 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
             reasons.append(f"the {source} plan was measured with {format_bytes(recorded_free)} free at start, "
                            f"now {format_bytes(baseline.free)} (tolerance {format_bytes(config.plan_free_tolerance_bytes)})")
             continue
-        problem = check_kv_bytes(min(kv, useful_kv_bytes(runner)), runner, free_after_weights)
+        problem = check_kv_bytes(min(kv, layout.useful_bytes), layout, free_after_weights)
         if problem:
             reasons.append(f"the {source} plan fails its checks: {problem}")
             continue
@@ -106,7 +104,7 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
     log.info("profiling memory: %s", "; ".join(reasons) or "no plan store is configured")
     record = profile_record(config, runner, baseline, weights, fp, earlier_ooms)
     kv = record.suggestions.for_policy(config.kv_cache_policy)
-    problem = check_kv_bytes(min(kv, useful_kv_bytes(runner)), runner, free_after_weights)
+    problem = check_kv_bytes(min(kv, layout.useful_bytes), layout, free_after_weights)
     if problem:
         raise ConfigError(f"profiling suggests a {config.kv_cache_policy} KV cache of {kv} bytes, but {problem}; "
                           f"lower max_model_len or max_num_batched_tokens, or raise gpu_memory_utilization")
@@ -117,7 +115,7 @@ def profile_record(config: EngineConfig, runner, baseline: Snapshot, weights: in
                    earlier_ooms: int = 0) -> PlanRecord:
     """earlier_ooms: out-of-memory errors of the stale plan this one replaces. Each doubles the safety margin
     (up to MAX_SAFETY_DOUBLINGS times), so a plan that ran out of memory is not measured into the same size."""
-    components, seconds = profiler.profile(runner, baseline, weights)
+    components, seconds = profiler.profile(runner, config, baseline, weights)
     safety = safety_bytes(config, runner.device.type) << min(earlier_ooms, MAX_SAFETY_DOUBLINGS)
     if earlier_ooms:
         log.warning("the previous plan for this fingerprint ran out of memory %d time(s): safety margin %s",

@@ -8,11 +8,8 @@ import time
 
 import torch
 
-from service.engine.block_manager import BlockManager
-from service.engine.sampler import SamplingBatch, sample
-from service.engine.sampling import SamplingParams
-from service.engine.scheduler import ScheduledSeq
-from service.engine.sequence import Sequence
+from service.config import EngineConfig
+from service.engine.kv_layout import KVLayout
 from service.memory import snapshot
 from service.memory.host import process_rss, reset_peak_rss
 from service.memory.plan import Components, MiB, format_bytes
@@ -27,27 +24,6 @@ def dummy_prompt_lens(max_num_batched_tokens: int, max_num_seqs: int, max_model_
     return [min(length, max_model_len - 1) for length in lens]
 
 
-def blocks_for(lens: list[int], block_size: int) -> int:
-    return sum(-(-n // block_size) for n in lens) + 1
-
-
-@torch.inference_mode()
-def run_dummy_batch(runner, lens: list[int]) -> None:
-    """One prefill of len(lens) requests through the runner's KV cache, then a sampler pass over
-    max_num_seqs rows with top-k and top-p on."""
-    blocks = BlockManager(runner.kv_caches[0][0].shape[0], runner.block_size)
-    greedy = SamplingParams(max_tokens=1, temperature=0)
-    batch = []
-    for i, n in enumerate(lens):
-        seq = Sequence(f"dummy-{i}", [i % runner.model_config.vocab_size] * n, greedy)
-        blocks.allocate(seq, n)
-        batch.append(ScheduledSeq(seq, n))
-    runner.run(batch)
-    rows = runner.config.max_num_seqs
-    logits = torch.randn(rows, runner.model_config.vocab_size, device=runner.device)
-    sample(logits, SamplingBatch([SamplingParams(temperature=1.0, top_k=50, top_p=0.9)] * rows, [0] * rows))
-
-
 def long_prompt_lens(max_num_batched_tokens: int, max_model_len: int) -> list[int]:
     """The same token budget as sequences of the longest length, whose attention temporaries are largest."""
     longest = max_model_len - 1
@@ -58,13 +34,13 @@ CONSTRAINED_STEP_BYTES = 256 * MiB
 CONSTRAINED_MAX_STEPS = 8
 
 
-def measure_activation_peak(runner) -> int:
+def measure_activation_peak(runner, max_num_batched_tokens: int) -> int:
     """The larger peak of two dummy batches of max_num_batched_tokens: split over up to max_num_seqs requests
     (the batch shape vLLM profiles), and as max_model_len-long sequences (the largest attention temporaries).
     On CUDA the peak is then checked the way serving will use it, with only that much memory free."""
-    cfg = runner.config
-    batches = (dummy_prompt_lens(cfg.max_num_batched_tokens, cfg.max_num_seqs, runner.max_model_len),
-               long_prompt_lens(cfg.max_num_batched_tokens, runner.max_model_len))
+    layout = runner.layout
+    batches = (dummy_prompt_lens(max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len),
+               long_prompt_lens(max_num_batched_tokens, layout.max_model_len))
     peak = max(measure_batch_peak(runner, lens) for lens in batches)
     if runner.device.type != "cuda":
         return peak
@@ -91,7 +67,7 @@ def constrained_activation_peak(runner, batches, peak: int) -> int:
 
 def runs_within(runner, lens: list[int], budget: int) -> bool:
     """Whether the dummy batch runs when a ballast tensor leaves only `budget` bytes of device memory free."""
-    runner.allocate_kv_cache(blocks_for(lens, runner.block_size))
+    runner.allocate_kv_cache(runner.layout.blocks_for(lens))
     ballast = None
     try:
         torch.cuda.empty_cache()
@@ -113,27 +89,27 @@ def runs_within(runner, lens: list[int], budget: int) -> bool:
 
 def batch_runs(runner, lens: list[int]) -> bool:
     try:
-        run_dummy_batch(runner, lens)
+        runner.dummy_run(lens)
         torch.cuda.synchronize()
         return True
     except torch.OutOfMemoryError:
         return False
 
 
-def activation_floor_bytes(runner, lens: list[int]) -> int:
+def activation_floor_bytes(model_config, layout: KVLayout, lens: list[int]) -> int:
     """A lower bound on the dummy batch's peak: the tensors that are alive together in the MLP of one layer
     (the residual stream, gate_up's output and silu(gate) * up), or in the sampler (the float32 logits of
     max_num_seqs rows, their sorted copy and its int64 indices), whichever is larger."""
-    cfg = runner.model_config
+    cfg = model_config
     tokens = sum(lens)
-    element = torch.tensor([], dtype=runner.dtype).element_size()
+    element = torch.tensor([], dtype=layout.dtype).element_size()
     mlp = tokens * (cfg.hidden_size + 3 * cfg.intermediate_size) * element
-    sampler = runner.config.max_num_seqs * cfg.vocab_size * (4 + 4 + 8)
+    sampler = layout.max_num_seqs * cfg.vocab_size * (4 + 4 + 8)
     return max(mlp, sampler)
 
 
 def measure_batch_peak(runner, lens: list[int]) -> int:
-    runner.allocate_kv_cache(blocks_for(lens, runner.block_size))
+    runner.allocate_kv_cache(runner.layout.blocks_for(lens))
     try:
         if runner.device.type == "cuda":
             # The larger of the allocated and the reserved peak: reserved counts the allocator's rounding and
@@ -142,37 +118,33 @@ def measure_batch_peak(runner, lens: list[int]) -> int:
             torch.cuda.synchronize()
             allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
             torch.cuda.reset_peak_memory_stats()
-            run_dummy_batch(runner, lens)
+            runner.dummy_run(lens)
             torch.cuda.synchronize()
             return max(torch.cuda.max_memory_allocated() - allocated, torch.cuda.max_memory_reserved() - reserved)
         gc.collect()
         before, _ = process_rss()
         reset_peak_rss()
-        run_dummy_batch(runner, lens)
+        runner.dummy_run(lens)
         _, peak = process_rss()
         # RSS grows by less than the batch needs when its tensors land in heap pages freed earlier (on a loaded
         # 2-core machine it read 0): never below what the batch's tensors provably hold at once.
-        return max(peak - before, activation_floor_bytes(runner, lens))
+        return max(peak - before, activation_floor_bytes(runner.model_config, runner.layout, lens))
     finally:
         runner.free_kv_cache()
         if runner.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-def measure_cudagraph(runner) -> int:
+def measure_cudagraph(runner, sizes: list[int]) -> int:
     """Device bytes that capturing every decode graph takes (pool and graph objects), then released."""
-    if runner.device.type != "cuda" or runner.config.enforce_eager:
+    if not runner.uses_graphs:
         return 0
-    from service.engine.cuda_graphs import DecodeGraphs
-
     runner.allocate_kv_cache(2)
     try:
         torch.cuda.empty_cache()
         before = snapshot.take(runner.device).free
-        graphs = DecodeGraphs(runner, runner.config.cuda_graph_sizes)
-        graphs.capture()
+        runner.capture_graphs(sizes)
         after = snapshot.take(runner.device).free
-        del graphs
         return max(0, before - after)
     finally:
         runner.free_kv_cache()
@@ -180,12 +152,13 @@ def measure_cudagraph(runner) -> int:
         torch.cuda.empty_cache()
 
 
-def profile(runner, baseline: snapshot.Snapshot, weights: int) -> tuple[Components, float]:
+def profile(runner, config: EngineConfig, baseline: snapshot.Snapshot, weights: int) -> tuple[Components, float]:
+    """runner: a ModelRunner without a KV cache; each pass allocates its own through the runner and frees it."""
     start = time.perf_counter()
-    activation = measure_activation_peak(runner)
+    activation = measure_activation_peak(runner, config.max_num_batched_tokens)
     non_torch = max(0, snapshot.take(runner.device).non_torch - baseline.non_torch) if runner.device.type == "cuda" else 0
     graphs_start = time.perf_counter()
-    cudagraph = measure_cudagraph(runner)
+    cudagraph = measure_cudagraph(runner, config.cuda_graph_sizes)
     end = time.perf_counter()
     log.info("profiling took %.2f s: activation passes %.2f s, CUDA-graph pass %.2f s",
              end - start, graphs_start - start, end - graphs_start)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.engine.attention import AttentionMetadata, paged_attention
+from service.model.attention import AttentionMetadata, paged_attention
 from service.model.config import ModelConfig
 
 

@@ -11,9 +11,15 @@ def tiny_runner():
     return ModelRunner(EngineConfig(model="tiny", device="cpu"))
 
 
+def engine_over(runner, num_blocks: int) -> LLMEngine:
+    """An engine over runner with a KV cache of num_blocks, allocated through the runner as boot does."""
+    runner.allocate_kv_cache(num_blocks)
+    return LLMEngine(runner.config, runner)
+
+
 def make_engine(runner, num_blocks=256, **overrides) -> LLMEngine:
     config = EngineConfig(model="tiny", device="cpu", **overrides)
-    return LLMEngine(config, ModelRunner(config, loaded=runner.loaded), num_blocks=num_blocks)
+    return engine_over(ModelRunner(config, loaded=runner.loaded), num_blocks)
 
 
 def run_to_completion(engine, max_steps=10_000):

@@ -10,13 +10,12 @@ import torch
 
 from service.boot import build_engine
 from service.config import EngineConfig
-from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner
 from service.engine.sampling import SamplingParams
 from service.engine.scheduler import ScheduledSeq
 from service.engine.sequence import Sequence
 from service.engine.block_manager import BlockManager
-from tests.engine.conftest import run_to_completion
+from tests.engine.conftest import engine_over, run_to_completion
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -73,9 +72,9 @@ def test_cuda_graphs_equal_eager_equal_cpu():
     assert engine.runner.graphs is not None and engine.runner.graphs.sizes == [1, 2, 4, 8, 16]
     graphs = greedy_tokens(engine)
     eager_runner = ModelRunner(EngineConfig(device="cuda", enforce_eager=True, **COMMON), loaded=engine.runner.loaded)
-    eager = greedy_tokens(LLMEngine(eager_runner.config, eager_runner, num_blocks=engine.block_manager.num_blocks))
+    eager = greedy_tokens(engine_over(eager_runner, engine.block_manager.num_blocks))
     cpu_runner = cpu_runner_with_weights_of(engine.runner)
-    cpu = greedy_tokens(LLMEngine(cpu_runner.config, cpu_runner, num_blocks=engine.block_manager.num_blocks))
+    cpu = greedy_tokens(engine_over(cpu_runner, engine.block_manager.num_blocks))
     assert eager == cpu
     assert graphs == eager
 

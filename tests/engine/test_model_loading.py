@@ -9,12 +9,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from service.config import EngineConfig
-from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner
 from service.engine.sampling import SamplingParams
 from service.errors import ModelLoadError
 from service.model.loader import load_model
-from tests.engine.conftest import run_to_completion
+from tests.engine.conftest import engine_over, run_to_completion
 from tests.hf_models import save_hf_model, save_qwen2_model
 
 
@@ -49,7 +48,7 @@ def test_qwen2_with_attention_bias_matches_transformers(tmp_path):
     hf = save_qwen2_model(tmp_path)
     runner = ModelRunner(EngineConfig(model=str(tmp_path), device="cpu", dtype="float32"))
     prompt = list(range(3, 40))
-    engine = LLMEngine(runner.config, runner, num_blocks=64)
+    engine = engine_over(runner, 64)
     engine.add_request("q", prompt, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))
     tokens, _, _ = run_to_completion(engine)
     with torch.no_grad():

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from service.config import EngineConfig
-from service.engine.engine import LLMEngine
+from service.engine.model_runner import ModelRunner
 from service.engine.sampling import SamplingParams
-from tests.engine.conftest import run_to_completion
+from tests.engine.conftest import engine_over, run_to_completion
 from tests.hf_models import save_hf_model
 
 PROMPT_LENS = [5, 17, 33, 64, 3, 90, 41, 16]
@@ -39,7 +39,7 @@ def test_paged_engine_matches_contiguous_greedy(hf_model_dir, max_num_batched_to
     path, prompts, expected = hf_model_dir
     config = EngineConfig(model=str(path), device="cpu", dtype="float32", max_num_batched_tokens=max_num_batched_tokens,
                           max_num_seqs=max_num_seqs, block_size=8, max_model_len=120)
-    engine = LLMEngine(config, num_blocks=num_blocks)
+    engine = engine_over(ModelRunner(config), num_blocks)
     for i, p in enumerate(prompts):
         engine.add_request(str(i), p, SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True))
     tokens, _, reasons = run_to_completion(engine)

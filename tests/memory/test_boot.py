@@ -14,6 +14,7 @@ from service.config import EngineConfig
 from service.engine.sampling import SamplingParams
 from service.errors import ConfigError
 from service.memory.store import FilePlanStore
+from service.server.state import Limits, ServerState
 
 SMALL = dict(model="tiny", device="cpu", max_num_seqs=4, max_model_len=256, max_num_batched_tokens=128)
 
@@ -152,17 +153,29 @@ def test_the_cpu_boot_line_speaks_of_host_memory_and_advises_no_more_than_the_ca
 def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_margin(tmp_path, caplog, monkeypatch):
     import service.boot
 
-    def out_of_memory(runner, lens):
+    def out_of_memory(lens):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 376.00 MiB.")
 
-    monkeypatch.setattr(service.boot, "run_dummy_batch", out_of_memory)
+    real_warm_up = service.boot.warm_up
+
+    def warm_up_out_of_memory(runner, config):  # profiling's dummy batches run; the warm-up's runs out
+        monkeypatch.setattr(runner, "dummy_run", out_of_memory)
+        return real_warm_up(runner, config)
+
+    monkeypatch.setattr(service.boot, "warm_up", warm_up_out_of_memory)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         engine, report = build_engine(EngineConfig(plan_dir=str(tmp_path), **SMALL))
     assert "the warm-up batch ran out of memory" in caplog.text and engine.num_ooms == 1
     stored = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert report.plan_stale and stored["stale"] and stored["ooms"] == 1
+    assert not stored["stale"], "boot only counts the OOM in the engine; the server records it against the plan"
     monkeypatch.undo()
+    config = EngineConfig(plan_dir=str(tmp_path), **SMALL)
+    state = ServerState("tiny", config, Limits(), on_oom=lambda: record_oom(report, config))  # as serve() wires it
+    for _ in range(2):
+        state.on_step(engine.stats(), [])
+    stored = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert report.plan_stale and stored["stale"] and stored["ooms"] == 1  # recorded once
     engine.add_request("after", [1, 2, 3], SamplingParams(max_tokens=2, temperature=0))
     while engine.has_unfinished():
         engine.step()
