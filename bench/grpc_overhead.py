@@ -62,7 +62,7 @@ async def in_process(args) -> dict:
     from service.boot import build_engine
     from service.engine.async_engine import AsyncEngine
     from service.engine.sampling import SamplingParams
-    from service.engine_args import add_engine_arguments, engine_config_from_args
+    from service.commands.engine_args import add_engine_arguments, engine_config_from_args
 
     parser = argparse.ArgumentParser()
     add_engine_arguments(parser)

@@ -26,11 +26,11 @@ docs/kubernetes.md in the source tree."""
 
 
 SUBCOMMANDS = {
-    "serve": ("service.server.main", "run the gRPC inference service"),
-    "profile": ("service.memory.cli", "profile memory for a config and print the plan (kept only with --save)"),
-    "generate": ("service.client", "send a prompt to a running server"),
-    "chat": ("service.chat_client", "chat with a running server (interactive, or one message)"),
-    "run": ("service.engine.cli", "generate in-process, without a server"),
+    "serve": ("service.commands.serve", "run the gRPC inference service"),
+    "profile": ("service.commands.profile", "profile memory for a config and print the plan (kept only with --save)"),
+    "generate": ("service.commands.generate", "send a prompt to a running server"),
+    "chat": ("service.commands.chat", "chat with a running server (interactive, or one message)"),
+    "run": ("service.commands.run", "generate in-process, without a server"),
     "controller": ("controller.main", "run the plan controller"),
 }
 

@@ -15,7 +15,7 @@ import pytest
 from service.cli import SUBCOMMANDS, build_parser, main
 from service.cli_text import escape_controls
 from service.engine.sampling import SamplingParams
-from service.engine_args import engine_config_from_args
+from service.commands.engine_args import engine_config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

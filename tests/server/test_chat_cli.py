@@ -3,7 +3,7 @@
 import re
 import subprocess
 
-from service.chat_client import conversation
+from service.commands.chat import conversation
 from tests.server.conftest import kvmemo_command
 from tests.server.test_chat_rpc import QUESTION, chatml_tokens
 

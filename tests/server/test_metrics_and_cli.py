@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from service.engine.engine import EngineStats
-from service.engine_args import add_engine_arguments, engine_config_from_args
+from service.commands.engine_args import add_engine_arguments, engine_config_from_args
 from service.errors import ConfigError
 from service.server.state import Limits, RequestError, ServerState
 from tests.server.conftest import kvmemo_command

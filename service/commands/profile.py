@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from service.engine_args import add_engine_arguments, engine_config_from_args
+from service.commands.engine_args import add_engine_arguments, engine_config_from_args
 from service.errors import ConfigError, ModelLoadError
 
 

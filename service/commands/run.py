@@ -7,9 +7,9 @@ import sys
 import time
 
 from service.cli_text import for_terminal, read_prompt
-from service.engine_args import add_engine_arguments, engine_config_from_args
+from service.commands.engine_args import add_engine_arguments, engine_config_from_args
 from service.errors import ConfigError, InvalidRequest, ModelLoadError
-from service.sampling_args import SAMPLING_FIELDS, add_prompt_argument, add_sampling_arguments
+from service.commands.sampling_args import SAMPLING_FIELDS, add_prompt_argument, add_sampling_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

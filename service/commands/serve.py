@@ -10,7 +10,7 @@ from pathlib import Path
 # small CPU (on 2 cores, 64 streams ran at a third of the in-process token rate); sleeping ones do not.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from service.engine_args import add_engine_arguments, engine_config_from_args, env_default, env_name, with_default
+from service.commands.engine_args import add_engine_arguments, engine_config_from_args, env_default, env_name, with_default
 from service.errors import ConfigError
 from service.server.state import Limits
 

@@ -52,7 +52,7 @@ def build_request(args: argparse.Namespace, messages: list[tuple[str, str]]):
 def reply(stub, args: argparse.Namespace, messages: list[tuple[str, str]]) -> str:
     """Streams one reply to stdout and returns its text. Raises grpc.RpcError."""
     from service.cli_text import for_terminal
-    from service.client import print_usage
+    from service.commands.generate import print_usage
     from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
 
     texts, last = [], None

@@ -5,7 +5,7 @@ import os
 import sys
 
 from service.cli_text import for_terminal, read_prompt
-from service.sampling_args import add_prompt_argument, add_sampling_arguments
+from service.commands.sampling_args import add_prompt_argument, add_sampling_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
