@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from service import faults
 from service.config import EngineConfig
 from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner, resolve_device
@@ -136,6 +137,8 @@ def warm_up(runner, config: EngineConfig) -> bool:
     layout = runner.layout
     lens = dummy_prompt_lens(config.max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len)
     try:
+        if faults.oom_in_warm_up():
+            raise torch.OutOfMemoryError("out of memory injected by KVMEMO_FAULTS=oom_in_warm_up=1")
         runner.dummy_run(lens[: max(1, runner.num_kv_blocks // layout.max_blocks_per_seq)])
         return False
     except torch.OutOfMemoryError as e:

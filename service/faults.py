@@ -2,14 +2,15 @@
 the process's environment, read once at import. Production never sets it; an unknown name fails the boot.
 
 - step_delay_seconds=S: sleep S before every engine step, so that a test can hold a request mid-stream for
-  as long as it needs (a deadline, a cancel, a drain) whatever the machine's speed."""
+  as long as it needs (a deadline, a cancel, a drain) whatever the machine's speed.
+- oom_in_warm_up=1: the boot's warm-up batch runs out of device memory, as on a GPU whose plan was too large."""
 
 import os
 import time
 
 from service.errors import ConfigError
 
-KNOWN = {"step_delay_seconds": float}
+KNOWN = {"step_delay_seconds": float, "oom_in_warm_up": int}
 
 
 def parse(text: str) -> dict[str, float]:
@@ -26,6 +27,10 @@ def parse(text: str) -> dict[str, float]:
 
 
 ACTIVE = parse(os.environ.get("KVMEMO_FAULTS", ""))
+
+
+def oom_in_warm_up() -> bool:
+    return bool(ACTIVE.get("oom_in_warm_up"))
 
 
 def before_step() -> None:

@@ -155,10 +155,11 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
     if plans:
         plans.after_boot(state.report)
 
-    def on_oom(report=state.report):
-        record_oom(report, config)
-        if plans:
-            plans.record_oom(report.fingerprint, report.kv_cache_memory_bytes)
+    def on_oom(count: int, report=state.report):
+        for _ in range(count):
+            record_oom(report, config)
+            if plans:
+                plans.record_oom(report.fingerprint, report.kv_cache_memory_bytes)
 
     state.on_oom = on_oom
     state.engine = AsyncEngine(state.llm)

@@ -44,7 +44,7 @@ class ServerState:
     last_stats: EngineStats | None = None
     _preemptions_seen: int = 0
     _ooms_seen: int = 0
-    on_oom: object = None  # callable(), on the engine thread: record the OOM against the plan
+    on_oom: object = None  # callable(count), on the engine thread: record that many OOMs against the plan
     started_at: float = field(default_factory=time.monotonic)
 
     def check_model(self, name: str) -> None:
@@ -88,10 +88,11 @@ class ServerState:
             metrics.preemptions.labels(m).inc(stats.num_preemptions - self._preemptions_seen)
             self._preemptions_seen = stats.num_preemptions
         if stats.num_ooms > self._ooms_seen:
-            metrics.oom.labels(m).inc(stats.num_ooms - self._ooms_seen)
+            new = stats.num_ooms - self._ooms_seen
+            metrics.oom.labels(m).inc(new)
             self._ooms_seen = stats.num_ooms
             if self.on_oom is not None:
-                self.on_oom()
+                self.on_oom(new)
         tokens = sum(len(o.new_token_ids) for o in outputs)
         if tokens:
             metrics.generation_tokens.labels(m).inc(tokens)

@@ -171,7 +171,7 @@ def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_
     assert not stored["stale"], "boot only counts the OOM in the engine; the server records it against the plan"
     monkeypatch.undo()
     config = EngineConfig(plan_dir=str(tmp_path), **SMALL)
-    state = ServerState("tiny", config, Limits(), on_oom=lambda: record_oom(report, config))  # as serve() wires it
+    state = ServerState("tiny", config, Limits(), on_oom=lambda n: [record_oom(report, config) for _ in range(n)])  # as serve()
     for _ in range(2):
         state.on_step(engine.stats(), [])
     stored = json.loads(next(tmp_path.glob("*.json")).read_text())
