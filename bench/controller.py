@@ -26,15 +26,16 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
-import tests.envtest as envtest
-from service.publish import ConfigMapStore
-from service.publish.contract import MAX_PODS_PER_REPORT
-from tests.envtest.clients import admin_client, token_client, token_kubeconfig
-from tests.envtest.controlplane import free_port
-from tests.k8s.kube import get_configmap, new_namespace, ready, scrape, start_controller, wait_for
-from tests.k8s.reports import GiB, record
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runnable as `python bench/controller.py` too
+
+import tests.envtest as envtest  # noqa: E402
+from service.contract.keys import MAX_PODS_PER_REPORT, PLAN_PREFIX, plan_key  # noqa: E402
+from service.publish import ConfigMapStore  # noqa: E402
+from tests.envtest.clients import admin_client, token_client, token_kubeconfig  # noqa: E402
+from tests.k8s.kube import get_configmap, new_namespace, ready, scrape, start_controller, wait_for  # noqa: E402
+from tests.k8s.reports import GiB, record  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 
 class PlanWatch:
@@ -60,7 +61,7 @@ class PlanWatch:
             data = json.loads(line)["object"].get("data") or {}
             with self.cond:
                 for key, raw in data.items():
-                    fp, kv = key.removeprefix("kv-cache-plan."), json.loads(raw)["kv_cache_memory_bytes"]
+                    fp, kv = key.removeprefix(PLAN_PREFIX), json.loads(raw)["kv_cache_memory_bytes"]
                     values = self.seen.setdefault(fp, [])
                     if not values or values[-1][1] != kv:
                         values.append((now, kv))
@@ -148,7 +149,7 @@ def burst(plane, admin, tmp: Path, reports: int, pods: int = 10, fingerprints: i
 
         def settled() -> bool:
             data = get_configmap(admin, namespace).get("data") or {}
-            return all(json.loads(data.get(f"kv-cache-plan.{fp}", '{"kv_cache_memory_bytes": -1}'))
+            return all(json.loads(data.get(plan_key(fp), '{"kv_cache_memory_bytes": -1}'))
                        ["kv_cache_memory_bytes"] == kv for fp, kv in lowest.items())
         wait_for(settled, timeout=60, what="the plans of the burst")
         converged = time.perf_counter() - started
