@@ -81,10 +81,12 @@ class Reconciler:
                 self.queue.done(key)
 
     def handle(self, configmap: dict) -> None:
-        for _ in range(MAX_CONFLICT_RETRIES):
+        for attempt in range(MAX_CONFLICT_RETRIES):
             if not self.is_leader():
                 return
             try:
+                if attempt:  # the 409 said our copy was stale
+                    configmap = self._read(configmap)
                 outcome = self._reconcile_once(configmap)
             except Exception as exc:  # noqa: BLE001 - counted and logged; the next event or resync retries
                 metrics.RECONCILE.labels("error").inc()
@@ -93,7 +95,6 @@ class Reconciler:
             metrics.RECONCILE.labels(outcome).inc()
             if outcome != "conflict":
                 return
-            configmap = self._read(configmap)
 
     def _read(self, configmap: dict) -> dict:
         fresh = self.core.read_namespaced_config_map(_name(configmap), _namespace(configmap), _request_timeout=10)

@@ -151,7 +151,8 @@ def desired_plan(report: Report, oom: OomEvent | None, settings: Settings, now: 
     return Plan(report.fingerprint, planned, report.free_at_start_bytes, settings.policy, source, now_rfc3339(now))
 
 
-def desired(reports: dict[str, Report], ooms: dict[str, OomEvent], settings: Settings, now: datetime) -> dict[str, Plan]:
+def desired(reports: dict[str, Report], ooms: dict[str, OomEvent], settings: Settings,
+            now: datetime) -> dict[str, Plan]:
     return {fp12: desired_plan(r, ooms.get(fp12), settings, now) for fp12, r in reports.items()}
 
 

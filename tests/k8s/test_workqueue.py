@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 from controller.loop import RecentSet
 from controller.workqueue import WorkQueue
@@ -50,8 +51,40 @@ def test_warnings_remembered_are_bounded():
 
 def test_failpoint_exits_only_when_armed():
     code = "from controller import faults; faults.point(faults.BEFORE_WRITE); print('alive')"
-    run = lambda env: subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,  # noqa: E731
-                                     env={**os.environ, **env}, timeout=60)
+    def run(env: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=60)
     assert run({}).stdout.strip() == "alive"
     armed = run({"KVMEMO_FAILPOINT": "controller-before-write"})
     assert armed.returncode == 3 and "alive" not in armed.stdout
+
+
+def test_worker_survives_a_conflict_whose_reread_fails():
+    """A 409, then the apiserver gone: counted as an error, and the worker thread lives on."""
+    from kubernetes.client.rest import ApiException
+    from prometheus_client import REGISTRY
+
+    from controller.loop import Reconciler
+    from controller.reconcile import Settings
+    from tests.k8s.reports import configmap, report
+
+    class Core:
+        def patch_namespaced_config_map(self, *args, **kwargs):
+            raise ApiException(status=409)
+
+        def read_namespaced_config_map(self, *args, **kwargs):
+            raise OSError("connection refused")
+
+    errors = lambda: REGISTRY.get_sample_value("kvmemo_controller_reconcile_total", {"result": "error"})  # noqa: E731
+    before = errors()
+    reconciler = Reconciler(Core(), Settings(), "test", lambda: True)
+    stop = threading.Event()
+    worker = threading.Thread(target=reconciler.run, args=(stop,), daemon=True)
+    worker.start()
+    reconciler.enqueue(configmap({"kvmemo.io/report.abcdef012345": report()}))
+    deadline = time.monotonic() + 10
+    while errors() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert errors() == before + 1 and worker.is_alive()
+    stop.set()
+    worker.join(5)
