@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))  # runnable as `python bench/controller.py` too
 
 import tests.envtest as envtest  # noqa: E402
 from service.contract.keys import MAX_PODS_PER_REPORT, PLAN_PREFIX, plan_key  # noqa: E402
-from service.publish import ConfigMapStore  # noqa: E402
+from service.publish import ConfigMapStore, PublishError  # noqa: E402
 from tests.envtest.clients import admin_client, token_client, token_kubeconfig  # noqa: E402
 from tests.k8s.kube import get_configmap, new_namespace, ready, scrape, start_controller, wait_for  # noqa: E402
 from tests.k8s.reports import GiB, record  # noqa: E402
@@ -140,7 +140,14 @@ def burst(plane, admin, tmp: Path, reports: int, name: str = "burst", pods: int 
         for rec in recs:
             fp = rec["fingerprint"][:12]
             lowest[fp] = min(lowest.get(fp, 1 << 62), rec["suggestions"]["fit_requested_bytes"])
-        threads = [threading.Thread(target=lambda i: [stores[i].merge_report(r) for r in recs[i::pods]], args=(i,))
+        def write(store: ConfigMapStore, rec: dict) -> None:
+            while True:  # as the Publisher does: 10 pods at once can run a store out of its 409 retries
+                try:
+                    return store.merge_report(rec)
+                except PublishError:
+                    pass
+
+        threads = [threading.Thread(target=lambda i: [write(stores[i], r) for r in recs[i::pods]], args=(i,))
                    for i in range(pods)]
         started = time.perf_counter()
         for t in threads:
