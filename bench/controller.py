@@ -1,17 +1,23 @@
-"""Report-to-plan latency of `kvmemo controller` on a real apiserver (tests/envtest), and the annotation
-size of 100 fingerprints. Writes bench/results/controller-<date>.json.
+"""Report-to-plan latency of `kvmemo controller` on a real apiserver (tests/envtest), the reconciles a
+burst of reports costs, and the annotation size of 100 fingerprints. Writes
+bench/results/controller-<date>.json.
 
-    python -m bench.controller [--reports 200] [--pods 50] [--fingerprints 10]
+    python -m bench.controller [--reports 200] [--pods 50] [--fingerprints 10] [--burst 100]
 
 Each report is merged by a simulated pod (its own service-account token, the service's ConfigMapStore)
 and lowers its fingerprint's minimum suggestion, so every report must change a plan; the latency is from
-the report write returning to a watch seeing the plan at or below that report's suggestion.
+the report write returning to a watch seeing the plan at or below that report's suggestion. The burst:
+10 pods write `--burst` reports as fast as they can; the number is how many reconciles (every outcome of
+kvmemo_controller_reconcile_total) the controller ran until the plans were right and it went quiet, the
+median of `--bursts` runs (it varies with how the pods' writes interleave).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import threading
 import time
@@ -21,15 +27,16 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
-import tests.envtest as envtest
-from service.publish import ConfigMapStore
-from service.publish.contract import MAX_PODS_PER_REPORT
-from tests.envtest.clients import admin_client, token_client, token_kubeconfig
-from tests.envtest.controlplane import free_port
-from tests.k8s.kube import get_configmap, new_namespace, ready, start_controller, wait_for
-from tests.k8s.reports import GiB, record
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runnable as `python bench/controller.py` too
+
+import tests.envtest as envtest  # noqa: E402
+from service.contract.keys import MAX_PODS_PER_REPORT, PLAN_PREFIX, plan_key  # noqa: E402
+from service.publish import ConfigMapStore, PublishError  # noqa: E402
+from tests.envtest.clients import admin_client, token_client, token_kubeconfig  # noqa: E402
+from tests.k8s.kube import get_configmap, new_namespace, ready, scrape, start_controller, wait_for  # noqa: E402
+from tests.k8s.reports import GiB, record  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 
 class PlanWatch:
@@ -55,7 +62,7 @@ class PlanWatch:
             data = json.loads(line)["object"].get("data") or {}
             with self.cond:
                 for key, raw in data.items():
-                    fp, kv = key.removeprefix("kv-cache-plan."), json.loads(raw)["kv_cache_memory_bytes"]
+                    fp, kv = key.removeprefix(PLAN_PREFIX), json.loads(raw)["kv_cache_memory_bytes"]
                     values = self.seen.setdefault(fp, [])
                     if not values or values[-1][1] != kv:
                         values.append((now, kv))
@@ -81,13 +88,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def latency(plane, admin, tmp: Path, reports: int, pods: int, fingerprints: int) -> list[float]:
-    namespace = new_namespace(admin, "bench")
-    kubeconfig = token_kubeconfig(plane, tmp / "controller.kubeconfig", namespace, "kvmemo-controller")
+@contextlib.contextmanager
+def running_controller(plane, admin, tmp: Path, prefix: str):
+    """A fresh namespace and a ready controller process on it: yields (namespace, metrics port)."""
+    namespace = new_namespace(admin, prefix)
+    kubeconfig = token_kubeconfig(plane, tmp / f"{prefix}.kubeconfig", namespace, "kvmemo-controller")
     port = free_port()
-    controller = start_controller(kubeconfig, namespace, port, tmp / "controller.log")
+    controller = start_controller(kubeconfig, namespace, port, tmp / f"{prefix}.log")
     try:
         wait_for(lambda: ready(port), timeout=60, what="the controller ready")
+        yield namespace, port
+    finally:
+        controller.terminate()
+        controller.wait(10)
+
+
+def latency(plane, admin, tmp: Path, reports: int, pods: int, fingerprints: int) -> list[float]:
+    with running_controller(plane, admin, tmp, "bench") as (namespace, _):
         watch = PlanWatch(admin, namespace)
         stores = []
         for i in range(pods):
@@ -102,9 +119,56 @@ def latency(plane, admin, tmp: Path, reports: int, pods: int, fingerprints: int)
             written = time.perf_counter()
             samples.append(watch.wait_at_most(fp, rec["suggestions"]["fit_requested_bytes"]) - written)
         return samples
-    finally:
-        controller.terminate()
-        controller.wait(10)
+
+
+RESULTS = ("written", "unchanged", "conflict", "error")
+
+
+def reconciles(port: int) -> dict[str, int]:
+    return {r: int(scrape(port, "kvmemo_controller_reconcile_total", {"result": r}) or 0) for r in RESULTS}
+
+
+def burst(plane, admin, tmp: Path, reports: int, name: str = "burst", pods: int = 10, fingerprints: int = 10) -> dict:
+    with running_controller(plane, admin, tmp, name) as (namespace, port):
+        stores = [ConfigMapStore("kvmemo", namespace, f"kvmemo-{i:02d}", token_client(plane, namespace, "kvmemo"))
+                  for i in range(pods)]
+        fps = [f"{i:012x}" for i in range(fingerprints)]
+        wait_for(lambda: reconciles(port)["unchanged"] >= 1, what="the controller's first list")
+        before = reconciles(port)
+        recs = [record(fp=fps[n % fingerprints], weights=10 * GiB + n * (1 << 20)) for n in range(reports)]
+        lowest: dict[str, int] = {}
+        for rec in recs:
+            fp = rec["fingerprint"][:12]
+            lowest[fp] = min(lowest.get(fp, 1 << 62), rec["suggestions"]["fit_requested_bytes"])
+        def write(store: ConfigMapStore, rec: dict) -> None:
+            while True:  # as the Publisher does: 10 pods at once can run a store out of its 409 retries
+                try:
+                    return store.merge_report(rec)
+                except PublishError:
+                    pass
+
+        threads = [threading.Thread(target=lambda i: [write(stores[i], r) for r in recs[i::pods]], args=(i,))
+                   for i in range(pods)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        def settled() -> bool:
+            data = get_configmap(admin, namespace).get("data") or {}
+            return all(json.loads(data.get(plan_key(fp), '{"kv_cache_memory_bytes": -1}'))
+                       ["kv_cache_memory_bytes"] == kv for fp, kv in lowest.items())
+        wait_for(settled, timeout=60, what="the plans of the burst")
+        converged = time.perf_counter() - started
+        quiet, last = time.monotonic(), reconciles(port)
+        while time.monotonic() - quiet < 2.0:  # its own last write's echo still counts
+            time.sleep(0.2)
+            if (now := reconciles(port)) != last:
+                quiet, last = time.monotonic(), now
+        delta = {r: last[r] - before[r] for r in RESULTS}
+        return {"reports": reports, "pods": pods, "fingerprints": fingerprints,
+                "reconciles": sum(delta.values()), "by_result": delta, "seconds_to_plans": round(converged, 2)}
 
 
 def annotation_bytes(plane, admin, count: int = 100, pods_per_report: int = MAX_PODS_PER_REPORT) -> int:
@@ -124,12 +188,15 @@ def main() -> int:
     parser.add_argument("--reports", type=int, default=200)
     parser.add_argument("--pods", type=int, default=50)
     parser.add_argument("--fingerprints", type=int, default=10)
+    parser.add_argument("--burst", type=int, default=100, help="reports in the burst")
+    parser.add_argument("--bursts", type=int, default=5, help="bursts to run, each in a fresh namespace")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"controller-{date.today()}.json")
     args = parser.parse_args()
     plane = envtest.start(log=sys.stderr)
     try:
         with admin_client(plane) as admin:
             samples = latency(plane, admin, plane.workdir, args.reports, args.pods, args.fingerprints)
+            bursts = [burst(plane, admin, plane.workdir, args.burst, f"burst-{i}") for i in range(args.bursts)]
             size = annotation_bytes(plane, admin)
     finally:
         envtest.remove(plane)
@@ -139,6 +206,7 @@ def main() -> int:
         "report_to_plan_p99_ms": round(percentile(samples, 99) * 1000, 1),
         "report_to_plan_max_ms": round(max(samples) * 1000, 1),
         "reports": len(samples), "pods": args.pods, "fingerprints": args.fingerprints,
+        "bursts": bursts, "reconciles_per_burst": percentile([b["reconciles"] for b in bursts], 50),
         "annotation_bytes_100_fingerprints": size, "pods_per_fingerprint": MAX_PODS_PER_REPORT,
         "annotation_limit_bytes": 256 * 1024,
         "target_p50_ms": 200,
@@ -146,6 +214,8 @@ def main() -> int:
         "versions": {"kube-apiserver": plane.binaries.kubernetes_version, "etcd": plane.binaries.etcd_version,
                      "python": platform.python_version(), "kubernetes-client": kubernetes.__version__},
         "command": " ".join(["python -m bench.controller", *sys.argv[1:]]),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True).stdout.strip() or "unknown",
         "date": str(date.today()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import device_slug, environment, write_json  # noqa: E402
 from service.proto.kvmemo.v1 import kvmemo_pb2 as pb  # noqa: E402
 from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog, request {}"
 
@@ -89,12 +89,6 @@ def bench_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVMEMO_")}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def through_grpc(args) -> dict:

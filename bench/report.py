@@ -83,10 +83,11 @@ def grpc_overhead() -> str:
 
 def controller() -> str:
     rows = [[d["device"], d["reports"], d["pods"], fmt(d["report_to_plan_p50_ms"], 1), fmt(d["report_to_plan_p99_ms"], 1),
+             fmt(d.get("reconciles_per_burst")),
              f'{d["annotation_bytes_100_fingerprints"]:,} of {d["annotation_limit_bytes"]:,}', name]
             for name, d in load("controller")]
-    return table(["device", "reports", "pods", "report→plan p50 ms", "p99 ms", "annotation bytes, 100 fingerprints",
-                  "results"], rows)
+    return table(["device", "reports", "pods", "report→plan p50 ms", "p99 ms", "reconciles per 100-report burst",
+                  "annotation bytes, 100 fingerprints", "results"], rows)
 
 
 SECTIONS = {"throughput": throughput, "memory": memory, "attention": attention, "grpc": grpc_overhead,

@@ -1,10 +1,11 @@
-"""The thin, impure part: reconcile an observed ConfigMap, write the patch, post Events, count."""
+"""The thin, impure part: the watch enqueues ConfigMaps, one worker reconciles the newest copy of each,
+writes the patch, posts Events and counts."""
 
 import hashlib
 import json
 import logging
-import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,15 +13,37 @@ from datetime import datetime, timezone
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from controller import metrics
+from controller import faults, metrics
 from controller.reconcile import Event, Settings, reconcile
+from controller.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 COMPONENT = "kvmemo-controller"
 MAX_CONFLICT_RETRIES = 5
 MAX_EVENT_MESSAGE = 1000
-# Fault injection for the tests: die after reading and before writing, as a SIGKILL would.
-FAILPOINT_ENV = "KVMEMO_FAILPOINT"
+# One Warning per distinct bad value, not one per resync; 4096 remembered values are a few hundred KiB.
+MAX_WARNED = 4096
+
+
+class RecentSet:
+    """A set that forgets its least recently seen members beyond `limit`."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._items: OrderedDict = OrderedDict()
+
+    def add(self, item) -> bool:
+        """True when `item` was not in the set."""
+        if item in self._items:
+            self._items.move_to_end(item)
+            return False
+        self._items[item] = None
+        if len(self._items) > self.limit:
+            self._items.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass
@@ -30,25 +53,48 @@ class Reconciler:
     identity: str
     is_leader: Callable[[], bool]
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
-    _warned: set = field(default_factory=set)
+    queue: WorkQueue = field(default_factory=WorkQueue)
+    _latest: dict = field(default_factory=dict)  # (namespace, name) -> the newest copy the watch delivered
+    _latest_lock: threading.Lock = field(default_factory=threading.Lock)
+    _warned: RecentSet = field(default_factory=lambda: RecentSet(MAX_WARNED))
     _plan_labels: dict = field(default_factory=dict)  # ConfigMap name -> fingerprints with a plan gauge
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enqueue(self, configmap: dict) -> None:
+        """The watch's handler: keeps the newest copy and queues its key, so the watch never waits on the
+        apiserver, and N events while a reconcile runs become one more reconcile."""
+        key = (_namespace(configmap), _name(configmap))
+        with self._latest_lock:
+            self._latest[key] = configmap
+        self.queue.add(key)
+
+    def run(self, stop: threading.Event) -> None:
+        """The one worker: until stop is set, reconcile the newest copy of each queued ConfigMap."""
+        while not stop.is_set():
+            key = self.queue.get(timeout=0.5)
+            if key is None:
+                continue
+            try:
+                with self._latest_lock:
+                    configmap = self._latest[key]
+                self.handle(configmap)
+            finally:
+                self.queue.done(key)
 
     def handle(self, configmap: dict) -> None:
-        with self._lock:
-            for _ in range(MAX_CONFLICT_RETRIES):
-                if not self.is_leader():
-                    return
-                try:
-                    outcome = self._reconcile_once(configmap)
-                except Exception as exc:  # noqa: BLE001 - counted and logged; the next event or resync retries
-                    metrics.RECONCILE.labels("error").inc()
-                    log.warning("reconcile of ConfigMap %s failed: %s", _name(configmap), exc)
-                    return
-                metrics.RECONCILE.labels(outcome).inc()
-                if outcome != "conflict":
-                    return
-                configmap = self._read(configmap)
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            if not self.is_leader():
+                return
+            try:
+                if attempt:  # the 409 said our copy was stale
+                    configmap = self._read(configmap)
+                outcome = self._reconcile_once(configmap)
+            except Exception as exc:  # noqa: BLE001 - counted and logged; the next event or resync retries
+                metrics.RECONCILE.labels("error").inc()
+                log.warning("reconcile of ConfigMap %s failed: %s", _name(configmap), exc)
+                return
+            metrics.RECONCILE.labels(outcome).inc()
+            if outcome != "conflict":
+                return
 
     def _read(self, configmap: dict) -> dict:
         fresh = self.core.read_namespaced_config_map(_name(configmap), _namespace(configmap), _request_timeout=10)
@@ -57,19 +103,16 @@ class Reconciler:
     def _reconcile_once(self, configmap: dict) -> str:
         result = reconcile(configmap, self.settings, self.clock())
         for rejection in result.rejections:
-            fingerprint = (_name(configmap), rejection.key, hashlib.sha256(rejection.raw.encode()).hexdigest())
-            if fingerprint in self._warned:
-                continue  # one Warning per distinct bad value, not one per resync
-            self._warned.add(fingerprint)
+            value = (_name(configmap), rejection.key, hashlib.sha256(rejection.raw.encode()).hexdigest())
+            if not self._warned.add(value):
+                continue
             metrics.REJECTED.labels(rejection.reason).inc()
             log.warning("rejected %s in ConfigMap %s: %s", rejection.key, _name(configmap), rejection.message)
             self._event(configmap, Event("Warning", "ReportRejected", rejection.message))
         if result.patch is None:
             self._export_plans(configmap, result.plans)
             return "unchanged"
-        if os.environ.get(FAILPOINT_ENV) == "controller-before-write":
-            log.error("failpoint %s: exiting between read and write", FAILPOINT_ENV)
-            os._exit(3)
+        faults.point(faults.BEFORE_WRITE)
         try:
             self.core.patch_namespaced_config_map(
                 _name(configmap), _namespace(configmap), result.patch, field_manager=COMPONENT,

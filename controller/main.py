@@ -8,7 +8,7 @@ import socket
 import threading
 
 from controller.reconcile import POLICIES, Settings
-from service.publish.contract import PART_OF_LABEL
+from service.contract.keys import PART_OF_LABEL
 
 log = logging.getLogger("kvmemo.controller")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     from controller.leader import LeaderElector
     from controller.loop import Reconciler
     from controller.watch import ConfigMapWatcher
-    from service.publish.configmap import load_api_client
+    from service.contract.client import load_api_client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
                             args.lease_duration, args.renew_deadline, args.retry_period,
                             on_change=lambda leading: metrics.IS_LEADER.set(1 if leading else 0))
     reconciler = Reconciler(client.CoreV1Api(api), settings, args.identity, elector.is_leader)
-    watcher = ConfigMapWatcher(client.CoreV1Api(api), args.namespace, args.label_selector, reconciler.handle,
+    watcher = ConfigMapWatcher(client.CoreV1Api(api), args.namespace, args.label_selector, reconciler.enqueue,
                                resync_seconds=args.resync_period)
 
     def ready() -> tuple[bool, str]:
@@ -104,6 +104,7 @@ def main(args: argparse.Namespace) -> int:
     server = http.serve(args.http_address, args.http_port, ready)
     leader_thread = threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
     leader_thread.start()
+    threading.Thread(target=reconciler.run, args=(stop,), name="reconcile", daemon=True).start()
     log.info("controller %s: namespace %s, selector %s, %s, metrics on :%d", args.identity, args.namespace,
              args.label_selector, settings, server.server_address[1])
     try:

@@ -1,13 +1,14 @@
-"""ConfigMap in, merge patch out. Pure and idempotent: the same object always gives the same patch, and
-an object whose plans are already right gives no patch at all."""
+"""ConfigMap in, merge patch out, in three pure steps as controller-runtime shapes a reconcile:
+observe (parse what the pods wrote), desire (reports, OOM events, now -> plans) and diff (observed,
+desired -> patch). Idempotent: the same object always gives the same patch, and an object whose plans
+are already right gives no patch at all."""
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from controller.validate import OomRecord, Rejected, Report, parse_oom, parse_plan, parse_report
-from service.publish.contract import (FP12, OOM_PREFIX, PLAN_PREFIX, REPORT_PREFIX, now_rfc3339, oom_key,
-                                      parse_rfc3339, plan_key, report_key)
+from service.contract.keys import (FP12, OOM_PREFIX, PLAN_PREFIX, REPORT_PREFIX, now_rfc3339, oom_key,
+                                   parse_rfc3339, plan_key, report_key)
+from service.contract.records import OomEvent, Plan, Rejected, Report, load_object, parse_oom, parse_report
 
 POLICIES = ("fit-requested", "full")
 # A pod clock a little ahead is normal; far ahead would keep a report from ever being pruned.
@@ -48,6 +49,18 @@ class Rejection:
     raw: str
 
 
+@dataclass(frozen=True)
+class Observed:
+    """What the ConfigMap holds, parsed. Plans are the controller's own JSON, compared rather than trusted."""
+    annotations: dict
+    data: dict
+    reported: frozenset[str]  # fingerprints with a report annotation, valid or not
+    reports: dict[str, Report]
+    ooms: dict[str, OomEvent]
+    plans: dict[str, dict]  # fp12 -> the plan object in data ({} when unreadable)
+    rejections: tuple[Rejection, ...]
+
+
 @dataclass
 class Result:
     patch: dict | None = None
@@ -71,7 +84,62 @@ def _stale(timestamp: str | None, now: datetime, ttl: float) -> bool:
         return True
 
 
-def desired_plan(report: Report, oom: OomRecord | None, settings: Settings) -> tuple[int, str]:
+def _report(fp12: str, raw: str, now: datetime) -> Report:
+    if not FP12.match(fp12):
+        raise Rejected("fingerprint", f"annotation {report_key(fp12)!r}: the suffix must be 12 lowercase hex digits")
+    report = parse_report(fp12, raw)
+    if parse_rfc3339(report.updated_at) > now + MAX_CLOCK_AHEAD:
+        raise Rejected("clock", f"report {fp12}.updated_at {report.updated_at} is more than "
+                                f"{MAX_CLOCK_AHEAD} ahead of the controller's clock {now_rfc3339(now)}")
+    return report
+
+
+def _oom(fp12: str, raw: str) -> OomEvent | Rejection:
+    try:
+        return parse_oom(fp12, raw)
+    except Rejected as rejected:
+        return Rejection(fp12, oom_key(fp12), rejected.reason, str(rejected), raw)
+
+
+def observe(configmap: dict, now: datetime) -> Observed:
+    annotations = (configmap.get("metadata") or {}).get("annotations") or {}
+    data = configmap.get("data") or {}
+    reported = _suffixes(annotations, REPORT_PREFIX)
+    reports, rejections = {}, []
+    for fp12 in sorted(reported):
+        raw = annotations[report_key(fp12)]
+        try:
+            reports[fp12] = _report(fp12, raw, now)
+        except Rejected as rejected:
+            rejections.append(Rejection(fp12, report_key(fp12), rejected.reason, str(rejected), raw))
+            continue
+        oom = _oom(fp12, annotations[oom_key(fp12)]) if oom_key(fp12) in annotations else None
+        if isinstance(oom, Rejection):  # planned from the report alone; the bad record is reported
+            rejections.append(oom)
+    # An OOM record is only reported beside a valid report; alone it merely ages out.
+    ooms = {fp12: oom for fp12 in sorted(_suffixes(annotations, OOM_PREFIX))
+            if isinstance(oom := _oom(fp12, annotations[oom_key(fp12)]), OomEvent)}
+    plans = {fp12: load_object(data[plan_key(fp12)]) or {} for fp12 in _suffixes(data, PLAN_PREFIX)}
+    return Observed(annotations, data, frozenset(reported), reports, ooms, plans, tuple(rejections))
+
+
+def expired(observed: Observed, now: datetime, ttl: float) -> dict[str, str]:
+    """fp12 -> why its report, OOM record and plan go: reports not renewed within the TTL; plans and OOM
+    records without a report on their own timestamps."""
+    why = {fp12: f"last reported {r.updated_at}, longer ago than the plan TTL {ttl:.0f} s"
+           for fp12, r in observed.reports.items() if _stale(r.updated_at, now, ttl)}
+    for fp12, plan in observed.plans.items():
+        if fp12 not in observed.reported and _stale(plan.get("updated_at"), now, ttl):
+            why[fp12] = f"no report, plan updated {plan.get('updated_at')}, older than the plan TTL"
+    orphans = _suffixes(observed.annotations, OOM_PREFIX) - observed.reported - set(observed.plans)
+    for fp12 in orphans:
+        last_at = observed.ooms[fp12].last_at if fp12 in observed.ooms else None
+        if _stale(last_at, now, ttl):
+            why[fp12] = f"OOM record without report or plan, last at {last_at}"
+    return why
+
+
+def desired_plan(report: Report, oom: OomEvent | None, settings: Settings, now: datetime) -> Plan:
     base = report.fit_requested_bytes if settings.policy == "fit-requested" else report.full_bytes
     planned, source = _scale(base, settings.headroom_percent), "report"
     # The OOM record names the size that ran out of memory; each new OOM names the lowered size, so
@@ -80,96 +148,65 @@ def desired_plan(report: Report, oom: OomRecord | None, settings: Settings) -> t
         lowered = _scale(oom.kv_cache_memory_bytes, settings.oom_step_percent)
         if lowered < planned:
             planned, source = lowered, "oom"
-    return planned, source
+    return Plan(report.fingerprint, planned, report.free_at_start_bytes, settings.policy, source, now_rfc3339(now))
+
+
+def desired(reports: dict[str, Report], ooms: dict[str, OomEvent], settings: Settings,
+            now: datetime) -> dict[str, Plan]:
+    return {fp12: desired_plan(r, ooms.get(fp12), settings, now) for fp12, r in reports.items()}
+
+
+def _plan_event(fp12: str, before, plan: Plan, oom: OomEvent | None, settings: Settings) -> Event:
+    if plan.source == "oom":
+        return Event("Normal", "PlanLowered", (
+            f"{fp12}: kv_cache_memory_bytes {before} -> {plan.kv_cache_memory_bytes} after {oom.count} OOM(s) at "
+            f"{oom.kv_cache_memory_bytes} bytes (step {settings.oom_step_percent}%)"))
+    return Event("Normal", "PlanWritten", (
+        f"{fp12}: kv_cache_memory_bytes {before} -> {plan.kv_cache_memory_bytes} ({settings.policy}, "
+        f"headroom {settings.headroom_percent}%)"))
+
+
+def _current(observed: dict | None, plan: Plan) -> bool:
+    return observed is not None and all(observed.get(k) == v for k, v in plan.to_dict().items() if k != "updated_at")
+
+
+def diff(observed: Observed, plans: dict[str, Plan], prune: dict[str, str], settings: Settings,
+         resource_version: str | None) -> tuple[dict | None, list[Event]]:
+    """The merge patch (None when nothing changes) and the Events to post once it is applied."""
+    set_annotations = {key: None for fp12 in prune for key in (report_key(fp12), oom_key(fp12))
+                       if key in observed.annotations}
+    set_data = {plan_key(fp12): None for fp12 in prune if fp12 in observed.plans}
+    events = []
+    for fp12 in sorted(set(plans) | set(prune)):
+        if fp12 in prune:
+            events.append(Event("Normal", "PlanPruned", f"{fp12}: {prune[fp12]}"))
+        elif not _current(observed.plans.get(fp12), plans[fp12]):
+            set_data[plan_key(fp12)] = plans[fp12].encode()
+            before = observed.plans[fp12].get("kv_cache_memory_bytes") if fp12 in observed.plans else None
+            events.append(_plan_event(fp12, before, plans[fp12], observed.ooms.get(fp12), settings))
+    if not set_data and not set_annotations:
+        return None, events
+    patch: dict = {"metadata": {"resourceVersion": resource_version}}
+    if set_annotations:
+        patch["metadata"]["annotations"] = set_annotations
+    if set_data:
+        patch["data"] = set_data
+    return patch, events
+
+
+def kept_plans(observed: Observed, plans: dict[str, Plan], prune: dict[str, str]) -> dict[str, int]:
+    """fp12 -> kv_cache_memory_bytes once the patch is applied: the desired plans, and the plans of rejected
+    or missing reports, which stay as they are."""
+    kept = {fp12: plan["kv_cache_memory_bytes"] for fp12, plan in observed.plans.items()
+            if isinstance(plan.get("kv_cache_memory_bytes"), int)}
+    kept.update({fp12: plan.kv_cache_memory_bytes for fp12, plan in plans.items()})
+    return {fp12: kv for fp12, kv in kept.items() if fp12 not in prune}
 
 
 def reconcile(configmap: dict, settings: Settings, now: datetime) -> Result:
-    meta = configmap.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    data = configmap.get("data") or {}
-    result = Result()
-    set_data: dict = {}
-    set_annotations: dict = {}
-
-    def prune(fp12: str, why: str) -> None:
-        for key in (report_key(fp12), oom_key(fp12)):
-            if key in annotations:
-                set_annotations[key] = None
-        if plan_key(fp12) in data:
-            set_data[plan_key(fp12)] = None
-        result.events.append(Event("Normal", "PlanPruned", f"{fp12}: {why}"))
-
-    reported = _suffixes(annotations, REPORT_PREFIX)
-    for fp12 in sorted(reported):
-        key = report_key(fp12)
-        raw = annotations[key]
-        existing = parse_plan(data[plan_key(fp12)]) if plan_key(fp12) in data else None
-        try:
-            if not FP12.match(fp12):
-                raise Rejected("fingerprint", f"annotation {key!r}: the suffix must be 12 lowercase hex digits")
-            report = parse_report(fp12, raw)
-            if parse_rfc3339(report.updated_at) > now + MAX_CLOCK_AHEAD:
-                raise Rejected("clock", f"report {fp12}.updated_at {report.updated_at} is more than "
-                                        f"{MAX_CLOCK_AHEAD} ahead of the controller's clock {now_rfc3339(now)}")
-        except Rejected as rejected:
-            result.rejections.append(Rejection(fp12, key, rejected.reason, str(rejected), raw))
-            if existing and isinstance(existing.get("kv_cache_memory_bytes"), int):
-                result.plans[fp12] = existing["kv_cache_memory_bytes"]
-            continue
-        oom = None
-        if oom_key(fp12) in annotations:
-            try:
-                oom = parse_oom(fp12, annotations[oom_key(fp12)])
-            except Rejected as rejected:  # planned from the report alone; the bad record is reported
-                result.rejections.append(Rejection(fp12, oom_key(fp12), rejected.reason, str(rejected),
-                                                   annotations[oom_key(fp12)]))
-        if _stale(report.updated_at, now, settings.plan_ttl_seconds):
-            prune(fp12, f"last reported {report.updated_at}, longer ago than the plan TTL "
-                        f"{settings.plan_ttl_seconds:.0f} s")
-            continue
-
-        kv_bytes, source = desired_plan(report, oom, settings)
-        plan = {"fingerprint": report.fingerprint, "kv_cache_memory_bytes": kv_bytes,
-                "free_at_start_bytes": report.free_at_start_bytes, "policy": settings.policy,
-                "source": source, "updated_at": now_rfc3339(now)}
-        result.plans[fp12] = kv_bytes
-        unchanged = existing is not None and all(existing.get(k) == v for k, v in plan.items() if k != "updated_at")
-        if unchanged:
-            continue
-        set_data[plan_key(fp12)] = json.dumps(plan, separators=(",", ":"), sort_keys=True)
-        before = existing.get("kv_cache_memory_bytes") if existing else None
-        if source == "oom":
-            result.events.append(Event("Normal", "PlanLowered", (
-                f"{fp12}: kv_cache_memory_bytes {before} -> {kv_bytes} after {oom.count} OOM(s) at "
-                f"{oom.kv_cache_memory_bytes} bytes (step {settings.oom_step_percent}%)")))
-        else:
-            result.events.append(Event("Normal", "PlanWritten", (
-                f"{fp12}: kv_cache_memory_bytes {before} -> {kv_bytes} ({settings.policy}, "
-                f"headroom {settings.headroom_percent}%)")))
-
-    # Plans and OOM records whose report is gone age out on their own timestamps.
-    for fp12 in sorted(_suffixes(data, PLAN_PREFIX) - reported):
-        plan = parse_plan(data[plan_key(fp12)]) or {}
-        if _stale(plan.get("updated_at"), now, settings.plan_ttl_seconds):
-            prune(fp12, f"no report, plan updated {plan.get('updated_at')}, older than the plan TTL")
-        elif isinstance(plan.get("kv_cache_memory_bytes"), int):
-            result.plans[fp12] = plan["kv_cache_memory_bytes"]
-    for fp12 in sorted(_suffixes(annotations, OOM_PREFIX) - reported - _suffixes(data, PLAN_PREFIX)):
-        try:
-            last_at = parse_oom(fp12, annotations[oom_key(fp12)]).last_at
-        except Rejected:
-            last_at = None
-        if _stale(last_at, now, settings.plan_ttl_seconds):
-            prune(fp12, f"OOM record without report or plan, last at {last_at}")
-
-    if set_data or set_annotations:
-        patch: dict = {"metadata": {"resourceVersion": meta.get("resourceVersion")}}
-        if set_annotations:
-            patch["metadata"]["annotations"] = set_annotations
-        if set_data:
-            patch["data"] = set_data
-        result.patch = patch
-    for fp12 in list(result.plans):
-        if set_data.get(plan_key(fp12), "") is None:
-            del result.plans[fp12]
-    return result
+    observed = observe(configmap, now)
+    prune = expired(observed, now, settings.plan_ttl_seconds)
+    live = {fp12: report for fp12, report in observed.reports.items() if fp12 not in prune}
+    plans = desired(live, observed.ooms, settings, now)
+    patch, events = diff(observed, plans, prune, settings, (configmap.get("metadata") or {}).get("resourceVersion"))
+    return Result(patch, kept_plans(observed, plans, prune), list(observed.rejections), events)

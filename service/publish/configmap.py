@@ -16,8 +16,10 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
-from service.publish.contract import check_fp12, oom_key, plan_key, report_key
-from service.publish.merge import merge_oom, merge_reports, new_report
+from service.contract.client import load_api_client
+from service.contract.keys import check_fp12, oom_key, plan_key, report_key
+from service.contract.merge import merge_oom, merge_reports, new_report
+from service.contract.records import Rejected, parse_plan
 
 log = logging.getLogger(__name__)
 PUBLISH_FAILURES = Counter("kvmemo_publish_failures_total",
@@ -28,21 +30,6 @@ SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespac
 
 class PublishError(RuntimeError):
     pass
-
-
-def load_api_client(kubeconfig: str | None = None):
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    if kubeconfig is None and not os.environ.get("KUBECONFIG") and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=cfg)
-    else:
-        # read KUBECONFIG now: the client library reads it once, at import
-        config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"), client_configuration=cfg)
-    # urllib3 would retry each request 3 times, multiplying the timeout a slow apiserver costs the boot;
-    # our callers retry on their own schedule.
-    cfg.retries = False
-    return client.ApiClient(cfg)
 
 
 @dataclass
@@ -89,20 +76,13 @@ class ConfigMapStore:
             log.info("ConfigMap %s/%s has no %s", self.namespace, self.name, key)
             return None
         try:
-            plan = json.loads(raw)
-        except ValueError as exc:
-            log.warning("%s in ConfigMap %s/%s is not JSON (%s); ignoring it", key, self.namespace, self.name, exc)
+            return parse_plan(fp12, raw).to_dict()
+        except Rejected as exc:
+            log.warning("%s in ConfigMap %s/%s is unusable (%s); ignoring it", key, self.namespace, self.name, exc)
             return None
-        kv = plan.get("kv_cache_memory_bytes") if isinstance(plan, dict) else None
-        if not isinstance(kv, int) or isinstance(kv, bool) or kv <= 0 \
-                or not str(plan.get("fingerprint", "")).startswith(fp12):
-            log.warning("%s in ConfigMap %s/%s is malformed (%.200s); ignoring it", key, self.namespace,
-                        self.name, raw)
-            return None
-        return plan
 
     def merge_report(self, record) -> dict:
-        """Merge a profiler record (a PlanRecord or its to_json() dict) into kvmemo.io/report.<fp12>;
+        """Merge a profiler record (service.memory's PlanRecord or its to_json() dict) into the report;
         returns what was written."""
         report = new_report(record.to_json() if hasattr(record, "to_json") else record, self.pod_name)
         fp12 = check_fp12(report["fingerprint"][:12])

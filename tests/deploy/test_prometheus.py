@@ -16,9 +16,9 @@ import grpc
 import pytest
 from kubernetes import client
 
-from tests.deploy.promstack import (api, free_port, prometheus_config, start_prometheus, start_server, stop,
-                                    wait_until)
+from tests.deploy.promstack import api, prometheus_config, start_prometheus, start_server, stop, wait_until
 from tests.deploy.render import ROOT, run
+from tests.ports import free_port
 
 NAMESPACE = "kvmemo-metrics"
 PODS = ("kvmemo-0", "kvmemo-1")

@@ -4,7 +4,6 @@ import base64
 import json
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -16,14 +15,9 @@ from pathlib import Path
 
 from tests.envtest import certs
 from tests.envtest.build import Binaries, ensure_binaries
+from tests.ports import free_port
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ControlPlaneError(RuntimeError):

@@ -10,8 +10,8 @@ from kubernetes.client.rest import ApiException
 
 import tests.envtest as envtest
 from tests.envtest.clients import admin_client, impersonating_client, service_account_user, token_kubeconfig
-from tests.envtest.controlplane import free_port
 from tests.k8s.kube import PART_OF, apply, load_manifest, new_namespace, ready, start_controller, wait_for
+from tests.ports import free_port
 
 
 BUILD_ERRORS: list[Exception] = []

@@ -3,7 +3,7 @@
 import json
 from datetime import datetime, timedelta, timezone
 
-from service.publish.contract import REPORT_SCHEMA, now_rfc3339
+from service.contract.keys import REPORT_SCHEMA, now_rfc3339
 
 GiB = 1 << 30
 

@@ -6,7 +6,8 @@ import json
 import signal
 
 from tests.k8s.kube import get_configmap, scrape, wait_for
-from tests.server.conftest import free_port, start_server
+from tests.ports import free_port
+from tests.server.conftest import start_server
 
 SERVE = ("--configmap", "kvmemo", "--max-model-len", "256", "--max-num-seqs", "4", "--max-num-batched-tokens", "128",
          "--drain-grace-seconds", "1")

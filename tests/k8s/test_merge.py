@@ -5,7 +5,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.publish.merge import merge_oom, merge_reports, new_report
+from service.contract.merge import merge_oom, merge_reports, new_report
 from tests.k8s.reports import GiB, record
 
 
@@ -43,7 +43,7 @@ def test_oom_counts_up_and_keeps_smallest():
 
 def test_profiler_record_passes_the_controller():
     """The contract end to end in pure code: what the profiler records, the controller accepts."""
-    from controller.validate import parse_report
+    from service.contract.records import parse_report
     from service.memory.plan import Components, PlanRecord, requested_bytes, suggest
 
     components = Components(weights=16 * GiB, activation_peak=3 * GiB, non_torch=GiB // 3, cudagraph=GiB // 5)
@@ -59,7 +59,7 @@ def test_profiler_record_passes_the_controller():
 
 
 def test_pods_keep_the_latest_names_within_the_limit():
-    from service.publish.contract import MAX_PODS_PER_REPORT
+    from service.contract.keys import MAX_PODS_PER_REPORT
 
     stored = None
     for i in range(MAX_PODS_PER_REPORT + 5):

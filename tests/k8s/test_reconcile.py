@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from controller.reconcile import Settings, reconcile
-from controller.validate import Rejected, parse_report
-from service.publish.contract import now_rfc3339
+from service.contract.records import Rejected, parse_report
+from service.contract.keys import now_rfc3339
 from tests.k8s.reports import GiB, configmap, record, report
 
 FP = "abcdef012345"

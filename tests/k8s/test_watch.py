@@ -5,7 +5,7 @@ import threading
 from kubernetes import client
 
 from controller.watch import ConfigMapWatcher
-from service.publish.contract import PART_OF_LABEL
+from service.contract.keys import PART_OF_LABEL
 from tests.k8s.kube import annotate, wait_for
 
 

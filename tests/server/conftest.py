@@ -3,7 +3,6 @@ start their own, since they stop it)."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
 from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc
+from tests.ports import free_port
 
 BOOT_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kvmemo_command() -> list[str]:

@@ -1,4 +1,4 @@
-"""The ConfigMap contract between pods and the controller (shared/DESIGN.md): key names and limits."""
+"""Key names, the label, the schema version and the size limits of the ConfigMap contract; timestamps."""
 
 import re
 from datetime import datetime, timezone
@@ -16,6 +16,9 @@ MAX_PODS_PER_REPORT = 16
 MAX_REPORT_CHARS = 8 * 1024
 # 1 PiB: far above any device or host today, far below what breaks float or JSON arithmetic.
 MAX_BYTES = 1 << 50
+
+COMPONENTS = ("weights", "activation_peak", "non_torch", "cudagraph")
+SUGGESTIONS = ("fit_requested_bytes", "full_bytes")
 
 
 def report_key(fp12: str) -> str:

@@ -1,11 +1,12 @@
-"""Parse and check what pods wrote into the ConfigMap. Pods are not trusted: every number is bounded."""
+"""One typed parser per record of the ConfigMap: a pod's report, an OOM event, the controller's plan.
+The controller reads pods' records and the pods read the controller's plans with the same parsers; the
+writer is never trusted, so every number is bounded and anything off raises Rejected."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from service.publish.contract import MAX_BYTES, MAX_PODS_PER_REPORT, MAX_REPORT_CHARS, REPORT_SCHEMA, parse_rfc3339
-
-COMPONENTS = ("weights", "activation_peak", "non_torch", "cudagraph")
+from service.contract.keys import (COMPONENTS, MAX_BYTES, MAX_PODS_PER_REPORT, MAX_REPORT_CHARS, REPORT_SCHEMA,
+                                   parse_rfc3339)
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,28 @@ class Report:
 
 
 @dataclass(frozen=True)
-class OomRecord:
+class OomEvent:
     count: int
-    kv_cache_memory_bytes: int
+    kv_cache_memory_bytes: int  # the smallest size that ran out of memory
     last_at: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The controller's decision for one fingerprint, as `kv-cache-plan.<fp12>` holds it."""
+    fingerprint: str
+    kv_cache_memory_bytes: int
+    free_at_start_bytes: int | None = None
+    policy: str | None = None
+    source: str | None = None  # "report" or "oom"
+    updated_at: str | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON object, without the fields an older writer left out."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    def encode(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
 
 
 class Rejected(ValueError):
@@ -32,6 +51,15 @@ class Rejected(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+def load_object(raw: str | None) -> dict | None:
+    """A JSON object, or None for anything else: for records that are replaced, not rejected, when unreadable."""
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _load(raw: str, what: str) -> dict:
@@ -58,6 +86,13 @@ def _int(obj: dict, key: str, what: str, minimum: int) -> int:
     return value
 
 
+def _fingerprint(obj: dict, fp12: str, what: str) -> str:
+    fingerprint = obj.get("fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint.startswith(fp12) or len(fingerprint) > 128:
+        raise Rejected("fingerprint", f"{what}.fingerprint {fingerprint!r} does not start with its key's {fp12}")
+    return fingerprint
+
+
 def _timestamp(obj: dict, key: str, what: str) -> str:
     value = obj.get(key)
     try:
@@ -72,9 +107,7 @@ def parse_report(fp12: str, raw: str) -> Report:
     obj = _load(raw, what)
     if obj.get("schema") != REPORT_SCHEMA:
         raise Rejected("schema", f"{what}.schema is {obj.get('schema')!r}; this controller reads {REPORT_SCHEMA}")
-    fingerprint = obj.get("fingerprint")
-    if not isinstance(fingerprint, str) or not fingerprint.startswith(fp12) or len(fingerprint) > 128:
-        raise Rejected("fingerprint", f"{what}.fingerprint {fingerprint!r} does not start with its key's {fp12}")
+    fingerprint = _fingerprint(obj, fp12, what)
     pods = obj.get("pods")
     if not isinstance(pods, list) or not all(isinstance(p, str) and len(p) <= 253 for p in pods):
         raise Rejected("schema", f"{what}.pods must be a list of pod names")
@@ -107,20 +140,25 @@ def parse_report(fp12: str, raw: str) -> Report:
     return Report(fingerprint, total, free, non_kv, fit, full, _timestamp(obj, "updated_at", what))
 
 
-def parse_oom(fp12: str, raw: str) -> OomRecord:
+def parse_oom(fp12: str, raw: str) -> OomEvent:
     what = f"oom record {fp12}"
     obj = _load(raw, what)
     count = obj.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1_000_000:
         raise Rejected("schema", f"{what}.count is {count!r}; it must be an integer from 1 to 1000000")
     kv = _int(obj, "kv_cache_memory_bytes", what, 1)
-    return OomRecord(count, kv, _timestamp(obj, "last_at", what))
+    return OomEvent(count, kv, _timestamp(obj, "last_at", what))
 
 
-def parse_plan(raw: str) -> dict | None:
-    """The controller's own earlier plan; anything unreadable counts as no plan (it gets rewritten)."""
-    try:
-        plan = json.loads(raw)
-    except ValueError:
-        return None
-    return plan if isinstance(plan, dict) else None
+def parse_plan(fp12: str, raw: str) -> Plan:
+    """What a pod boots on: a positive size for its own fingerprint. The other fields are checked when present."""
+    what = f"plan {fp12}"
+    obj = _load(raw, what)
+    fingerprint = _fingerprint(obj, fp12, what)
+    kv = _int(obj, "kv_cache_memory_bytes", what, 1)
+    free = _int(obj, "free_at_start_bytes", what, 1) if obj.get("free_at_start_bytes") is not None else None
+    for key in ("policy", "source"):
+        if not isinstance(obj.get(key), str | None):
+            raise Rejected("schema", f"{what}.{key} must be a string, got {obj.get(key)!r}")
+    updated_at = _timestamp(obj, "updated_at", what) if obj.get("updated_at") is not None else None
+    return Plan(fingerprint, kv, free, obj.get("policy"), obj.get("source"), updated_at)
