@@ -35,7 +35,8 @@ def _reader_class():
 
     class Reader(gguf.GGUFReader):
         """GGUFReader on a plain ndarray view of its memmap: slicing a memmap runs numpy's memmap bookkeeping
-        on each of the ~250,000 slices a 49k-token vocabulary takes to parse (2.7 s for SmolLM2; 1.2 s here)."""
+        on each of the ~250,000 slices a 49k-token vocabulary takes to parse (SmolLM2's file on 2 cores: 3.1-3.7 s
+        with the memmap, 0.9-1.0 s with the view)."""
 
         @property
         def data(self):
