@@ -55,14 +55,16 @@ def random_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_gguf(path: Path, arch: str, qtype: str = "F32", seed: int = 0, metadata: bool = True,
-               tokenizer: bool = True, weights: dict | None = None, raw: dict | None = None) -> dict[str, np.ndarray]:
-    """Writes the file; matrices in qtype, vectors in F32. raw: GGUF name -> (bytes array, type) written as is.
-    Returns the dequantized values (unpermuted) that a loader must end up with."""
+               tokenizer: bool = True, raw: dict | None = None, rope_freqs: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
+    """Writes the file; matrices in qtype, vectors in F32. raw: GGUF name -> (bytes array, type) written as is;
+    rope_freqs: Llama 3 rope scaling as llama.cpp writes it. Returns the dequantized values (unpermuted) that a
+    loader must end up with."""
     import gguf
     from gguf.quants import dequantize, quantize
 
     s, t = SHAPE, gguf.GGMLQuantizationType[qtype]
-    weights = random_weights(arch, seed) if weights is None else weights
+    weights = random_weights(arch, seed)
     writer = gguf.GGUFWriter(str(path), arch)
     if metadata:
         writer.add_block_count(s["layers"])
@@ -86,6 +88,8 @@ def write_gguf(path: Path, arch: str, qtype: str = "F32", seed: int = 0, metadat
         writer.add_add_bos_token(False)
         writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
     expected = {}
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
     for name, value in weights.items():
         stored = value
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
@@ -104,7 +108,7 @@ def write_gguf(path: Path, arch: str, qtype: str = "F32", seed: int = 0, metadat
     return expected
 
 
-def save_as_hf_dir(arch: str, values: dict[str, np.ndarray], path: Path) -> None:
+def save_as_hf_dir(arch: str, values: dict[str, np.ndarray], path: Path, rope_scaling: dict | None = None) -> None:
     """The same weights as a Hugging Face directory (config.json + model.safetensors) for the safetensors loader."""
     from safetensors.torch import save_file
 
@@ -117,7 +121,7 @@ def save_as_hf_dir(arch: str, values: dict[str, np.ndarray], path: Path) -> None
                   num_key_value_heads=s["kv_heads"], head_dim=s["head_dim"], max_position_embeddings=s["context"],
                   rms_norm_eps=float(np.float32(1e-5)), rope_theta=10000.0 if arch == "llama" else 1e6,  # GGUF: float32
                   tie_word_embeddings="output.weight" not in values, attention_bias=arch == "qwen2",
-                  bos_token_id=0, eos_token_id=2)
+                  rope_scaling=rope_scaling, bos_token_id=0, eos_token_id=2)
     (path / "config.json").write_text(json.dumps(config))
     save_file({hf_name(k): torch.from_numpy(np.ascontiguousarray(v)) for k, v in values.items()},
               str(path / "model.safetensors"))

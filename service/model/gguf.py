@@ -89,12 +89,13 @@ def config_from_gguf(reader, path: Path) -> ModelConfig:
     scaling = key("rope.scaling.type", "none")
     if scaling != "none":
         raise ModelLoadError(f"{path}: unsupported rope scaling {scaling!r} ({arch}.rope.scaling.type); supported: none")
-    if "rope_freqs.weight" in names:
-        raise ModelLoadError(f"{path}: rope frequency factors (rope_freqs.weight, Llama 3.1-style rope scaling) "
-                             f"are not supported in GGUF files yet; use the Hugging Face directory")
     if "token_embd.weight" not in names:
         raise ModelLoadError(f"{path}: missing tensor token_embd.weight")
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
+    head_dim, theta = int(key("attention.key_length", hidden // heads)), float(key("rope.freq_base", 10000.0))
+    rope_scaling = None
+    if "rope_freqs.weight" in names:
+        rope_scaling = llama3_rope_scaling(dequantized(names["rope_freqs.weight"]), head_dim, theta, path)
     eos = [field(reader, f"tokenizer.ggml.{k}") for k in ("eos_token_id", "eot_token_id")]
     return ModelConfig(
         architecture=ARCHITECTURES[arch],
@@ -104,16 +105,40 @@ def config_from_gguf(reader, path: Path) -> ModelConfig:
         num_hidden_layers=int(key("block_count")),
         num_attention_heads=heads,
         num_key_value_heads=int(key("attention.head_count_kv", heads)),
-        head_dim=int(key("attention.key_length", hidden // heads)),
+        head_dim=head_dim,
         max_position_embeddings=int(key("context_length", 2048)),
         rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(key("rope.freq_base", 10000.0)),
+        rope_theta=theta,
+        rope_scaling=rope_scaling,
         tie_word_embeddings="output.weight" not in names,
         attention_bias="blk.0.attn_q.bias" in names,
         qk_norm="blk.0.attn_q_norm.weight" in names,
         bos_token_id=field(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_ids=tuple(dict.fromkeys(int(e) for e in eos if e is not None)),
     )
+
+
+def llama3_divisors(scaling: dict, head_dim: int, theta: float) -> np.ndarray:
+    """What llama.cpp's convert_hf_to_gguf.py writes as rope_freqs.weight for Llama 3.1-style rope scaling: the
+    number each rotary frequency is divided by."""
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    smooth = (old_len / wavelen - low) / (high - low)
+    medium = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < old_len / high, 1.0, np.where(wavelen > old_len / low, factor, medium))
+
+
+def llama3_rope_scaling(divisors: np.ndarray, head_dim: int, theta: float, path: Path) -> dict:
+    """The file keeps only the divisors, not the parameters. Every Llama 3.x release uses low 1, high 4 and 8192
+    original positions, with the factor the largest divisor; those are taken when they give back the divisors."""
+    scaling = {"rope_type": "llama3", "factor": float(divisors.max()), "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    if divisors.shape != (head_dim // 2,) or not np.allclose(llama3_divisors(scaling, head_dim, theta), divisors,
+                                                            rtol=1e-4):
+        raise ModelLoadError(f"{path}: rope_freqs.weight does not match Llama 3 rope scaling (factor "
+                             f"{scaling['factor']}, low 1, high 4, 8192 original positions); no other is supported")
+    return scaling
 
 
 def hf_name(name: str) -> str | None:

@@ -2,6 +2,7 @@
 values loaded from safetensors, for llama (q/k permuted on disk), qwen2 (biases) and qwen3 (q/k norms) in
 every tensor type we test; and every kind of bad file is one ModelLoadError naming what is wrong."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ from service.engine.model_runner import ModelRunner
 from service.engine.sampling import SamplingParams
 from service.engine.sequence import Sequence
 from service.errors import ModelLoadError
-from service.model.gguf import permute, unpermute
+from service.model.gguf import llama3_divisors, permute, unpermute
+from service.model.llama import rope_inv_freq
 from service.model.loader import load_model
 from tests.gguf_models import SHAPE, save_as_hf_dir, write_gguf
 from tests.test_hf_equivalence import run_step
@@ -46,6 +48,21 @@ def test_gguf_loads_the_same_weights_and_logits_as_safetensors(arch, qtype, tmp_
     a, b = ours.model.state_dict(), ref.model.state_dict()
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert torch.equal(prompt_logits(tmp_path / "m.gguf"), prompt_logits(tmp_path / "hf"))
+
+
+def test_llama3_rope_scaling_from_rope_freqs_matches_the_hugging_face_config(tmp_path):
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    divisors = llama3_divisors(scaling, SHAPE["head_dim"], 10000.0)
+    assert 1.0 < divisors.max() and divisors.min() == 1.0  # the tiny shape has all three kinds of frequency
+    values = write_gguf(tmp_path / "m.gguf", "llama", "Q8_0", rope_freqs=divisors)
+    save_as_hf_dir("llama", values, tmp_path / "hf", rope_scaling=scaling)
+    cfg = load(tmp_path / "m.gguf").config
+    assert cfg == load(tmp_path / "hf").config
+    # llama.cpp's divisors and transformers' llama3 formula (ours, in rope_inv_freq) scale alike.
+    plain = rope_inv_freq(dataclasses.replace(cfg, rope_scaling=None)).double()
+    assert torch.allclose(rope_inv_freq(cfg).double(), plain / torch.from_numpy(divisors), rtol=1e-6)
     assert torch.equal(prompt_logits(tmp_path / "m.gguf"), prompt_logits(tmp_path / "hf"))
 
 
@@ -95,6 +112,7 @@ def bad_files(tmp_path):
     write_gguf(tmp_path / "nometa.gguf", "llama", metadata=False)
     iq4 = np.zeros((SHAPE["ffn"], SHAPE["hidden"] // 32 * 18), dtype=np.uint8)  # IQ4_NL: 18 bytes per 32 values
     write_gguf(tmp_path / "iq4.gguf", "llama", raw={"blk.0.ffn_up.weight": (iq4, gguf.GGMLQuantizationType.IQ4_NL)})
+    write_gguf(tmp_path / "rope.gguf", "llama", rope_freqs=np.linspace(1, 3, SHAPE["head_dim"] // 2))
     return {
         "truncated.gguf": "truncated or corrupt",
         "header.gguf": "truncated or corrupt",
@@ -103,6 +121,7 @@ def bad_files(tmp_path):
         "notok.gguf": "has no tokenizer",
         "nometa.gguf": "missing GGUF metadata llama.embedding_length",
         "iq4.gguf": "tensor blk.0.ffn_up.weight: unsupported GGUF tensor type IQ4_NL",
+        "rope.gguf": "rope_freqs.weight does not match Llama 3 rope scaling",
         "missing.gguf": "no such GGUF file",
     }
 
