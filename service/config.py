@@ -16,7 +16,7 @@ def default_capture_sizes(max_num_seqs: int) -> list[int]:
 
 @dataclass(slots=True)
 class EngineConfig:
-    model: str = "tiny"  # a preset name or a Hugging Face model directory
+    model: str = "smollm2-135m-instruct"  # a preset name, a GGUF file or a Hugging Face model directory
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
     weights_seed: int = 0  # seeds random preset weights (sampling seeds are per request)

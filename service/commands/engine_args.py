@@ -30,7 +30,8 @@ int_list.__name__ = "comma-separated list of integers"
 
 
 ENGINE_FLAGS = (
-    Flag("model", str, "a preset name (tiny, llama-3-8b, qwen3-0.6b, ...) or a Hugging Face model directory"),
+    Flag("model", str, "a preset name (smollm2-135m-instruct, tiny, llama-3-8b, ...), a GGUF file or a Hugging "
+         "Face model directory"),
     Flag("max_model_len", int, "longest prompt + output in tokens (default: the model's own limit)"),
     Flag("max_num_seqs", int, "most requests in one batch"),
     Flag("max_num_batched_tokens", int, "token budget of one engine step"),

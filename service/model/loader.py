@@ -1,5 +1,6 @@
 """Builds the model on the `meta` device and fills it with `load_state_dict(assign=True)`: from a Hugging
-Face directory through `safetensors`, or with seeded random weights for a named preset."""
+Face directory through `safetensors`, from a GGUF file (service/model/gguf.py), or with seeded random weights
+for a named preset."""
 
 import json
 from dataclasses import dataclass
@@ -10,8 +11,9 @@ import torch
 from service.errors import ModelLoadError
 from service.model.config import ModelConfig, from_hf_dict, read_hf_config
 from service.model.llama import LlamaForCausalLM
-from service.model.presets import PRESETS
-from service.tokenizer import load_tokenizer
+from service.model import gguf
+from service.model.presets import FILE_PRESETS, PRESETS, preset_file
+from service.tokenizer import gguf_tokenizer, load_tokenizer
 
 # Our fused parameters and the Hugging Face tensors they are concatenated from.
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
@@ -23,7 +25,7 @@ class LoadedModel:
     config: ModelConfig
     tokenizer: object
     name: str
-    identity: dict  # what the fingerprint hashes: config.json and weight-file sizes
+    identity: dict  # what the fingerprint hashes: config.json (or GGUF metadata) and weight-file sizes
 
 
 def hf_sources(name: str) -> list[str]:
@@ -66,7 +68,9 @@ def _read_hf_tensors(files: list[Path], device) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _state_dict_from_hf(model: LlamaForCausalLM, tensors: dict, dtype, device) -> dict[str, torch.Tensor]:
+def _state_dict_from_hf(model: LlamaForCausalLM, tensors: dict, dtype, device,
+                        where: str = "the model's safetensors files", config: str = "config.json"
+                        ) -> dict[str, torch.Tensor]:
     state = {}
     for name, param in model.named_parameters():
         sources = hf_sources(name)
@@ -75,12 +79,12 @@ def _state_dict_from_hf(model: LlamaForCausalLM, tensors: dict, dtype, device) -
         parts = []
         for src in sources:
             if src not in tensors:
-                raise ModelLoadError(f"missing tensor {src!r} (needed for {name}) in the model's safetensors files")
+                raise ModelLoadError(f"missing tensor {src!r} (needed for {name}) in {where}")
             parts.append(tensors[src][0])
         value = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         if tuple(value.shape) != tuple(param.shape):
             shapes = ", ".join(f"{s} {tuple(tensors[s][0].shape)} in {tensors[s][1]}" for s in sources)
-            raise ModelLoadError(f"shape mismatch for {name}: expected {tuple(param.shape)} from config.json, got {shapes}")
+            raise ModelLoadError(f"shape mismatch for {name}: expected {tuple(param.shape)} from {config}, got {shapes}")
         state[name] = value.to(device=device, dtype=dtype)
     return state
 
@@ -116,28 +120,52 @@ def _random_state_dict(model: LlamaForCausalLM, seed: int, dtype, device) -> dic
     return state
 
 
-def load_model(name: str, dtype: torch.dtype, device: torch.device, seed: int = 0) -> LoadedModel:
-    if name in PRESETS:
-        cfg, raw, model_dir = from_hf_dict(PRESETS[name], f"preset {name}"), PRESETS[name], None
-    else:
-        model_dir = Path(name)
-        if not model_dir.is_dir():
-            raise ModelLoadError(
-                f"model {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing directory"
-            )
-        cfg, raw = read_hf_config(model_dir)
+def _build(cfg: ModelConfig) -> LlamaForCausalLM:
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
-    if model_dir is None:
-        state = _random_state_dict(model, seed, dtype, device)
-        identity = {"preset": name, "seed": seed, "config": raw}
-    else:
-        files = _weight_files(model_dir)
-        state = _state_dict_from_hf(model, _read_hf_tensors(files, device), dtype, device)
-        identity = {"config": raw, "weight_files": {f.name: f.stat().st_size for f in files}}
+        return LlamaForCausalLM(cfg)
+
+
+def _finish(model: LlamaForCausalLM, state: dict) -> LlamaForCausalLM:
     model.load_state_dict(state, assign=True, strict=True)
-    if cfg.tie_word_embeddings:
+    if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.eval().requires_grad_(False)
-    tokenizer = load_tokenizer(model_dir, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids)
-    return LoadedModel(model, cfg, tokenizer, name, identity)
+    return model.eval().requires_grad_(False)
+
+
+def load_gguf(path: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    reader = gguf.open_gguf(path)
+    cfg = gguf.config_from_gguf(reader, path)
+    tokenizer = gguf_tokenizer(gguf.tokenizer_fields(reader, path), cfg.eos_token_ids, str(path))
+    model = _build(cfg)
+    where = f"{path} (GGUF names: token_embd, blk.N.attn_q, ...)"
+    tensors = gguf.read_tensors(reader, path, cfg, dtype, device)
+    state = _state_dict_from_hf(model, tensors, dtype, device, where, config="the GGUF metadata")
+    identity = {"gguf_file": {"name": path.name, "size": path.stat().st_size},
+                "config": gguf.identity_metadata(reader, gguf.architecture(reader, path))}
+    return LoadedModel(_finish(model, state), cfg, tokenizer, name, identity)
+
+
+def load_model(name: str, dtype: torch.dtype, device: torch.device, seed: int = 0) -> LoadedModel:
+    if name in FILE_PRESETS:
+        return load_gguf(preset_file(name), name, dtype, device)
+    if name in PRESETS:
+        cfg = from_hf_dict(PRESETS[name], f"preset {name}")
+        model = _build(cfg)
+        model = _finish(model, _random_state_dict(model, seed, dtype, device))
+        tokenizer = load_tokenizer(None, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids)
+        return LoadedModel(model, cfg, tokenizer, name, {"preset": name, "seed": seed, "config": PRESETS[name]})
+    path = Path(name)
+    if path.is_file() or path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"model {name!r}: no such GGUF file")
+        return load_gguf(path, name, dtype, device)
+    if not path.is_dir():
+        raise ModelLoadError(f"model {name!r} is neither a preset ({', '.join([*PRESETS, *FILE_PRESETS])}), "
+                             f"a GGUF file, nor an existing directory")
+    cfg, raw = read_hf_config(path)
+    model = _build(cfg)
+    files = _weight_files(path)
+    state = _state_dict_from_hf(model, _read_hf_tensors(files, device), dtype, device)
+    identity = {"config": raw, "weight_files": {f.name: f.stat().st_size for f in files}}
+    tokenizer = load_tokenizer(path, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids)
+    return LoadedModel(_finish(model, state), cfg, tokenizer, name, identity)

