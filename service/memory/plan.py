@@ -44,9 +44,11 @@ def requested_bytes(utilization: float, total: int) -> int:
 
 
 def suggest(total: int, free_at_start: int, utilization: float, components: Components, safety: int) -> Suggestions:
+    """fit_requested never counts memory that was not free at start: a device (or host) that other processes
+    share cannot give this one its fraction of the total."""
     non_kv = components.non_kv
     return Suggestions(
-        fit_requested_bytes=requested_bytes(utilization, total) - non_kv - safety,
+        fit_requested_bytes=min(requested_bytes(utilization, total), free_at_start) - non_kv - safety,
         full_bytes=free_at_start - non_kv - safety,
     )
 

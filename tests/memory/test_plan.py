@@ -55,13 +55,15 @@ def test_log_line_never_advises_more_than_the_cap_and_says_it_is_capped():
     line = log_line(r, below_both.bytes, below_both)
     assert f"--kv-cache-memory-bytes={below_both.bytes} (capped: max_num_seqs=4 sequences of max_model_len=256" in line
     assert line.count("--kv-cache-memory-bytes=") == 1
-    assert s.full_bytes < s.fit_requested_bytes  # this record's device has less free than it may use
+    r = record(free=gib(79))  # an emptier device: the whole of it is more than the requested utilization
+    s = r.suggestions
+    assert s.fit_requested_bytes < s.full_bytes
     between = KVCap((s.fit_requested_bytes + s.full_bytes) // 2, 64, 8192)
     line = log_line(r, between.bytes, between)
-    assert f"--kv-cache-memory-bytes={s.full_bytes} to use the whole device" in line
-    assert (f"--kv-cache-memory-bytes={between.bytes} to fit the requested utilization (capped: max_num_seqs=64 "
-            f"sequences of max_model_len=8192 can use no more; uncapped {s.fit_requested_bytes})") in line
-    assert log_line(r, 1, KVCap(s.fit_requested_bytes, 1, 1)) == log_line(r, 1)  # not capped: the line as it was
+    assert f"--kv-cache-memory-bytes={s.fit_requested_bytes} to fit the requested utilization" in line
+    assert (f"--kv-cache-memory-bytes={between.bytes} to use the whole device (capped: max_num_seqs=64 "
+            f"sequences of max_model_len=8192 can use no more; uncapped {s.full_bytes})") in line
+    assert log_line(r, 1, KVCap(s.full_bytes, 1, 1)) == log_line(r, 1)  # not capped: the line as it was
 
 
 def test_record_round_trips_and_rejects_foreign_json():
@@ -104,3 +106,10 @@ def test_store_default_location_is_the_user_cache(monkeypatch, tmp_path):
     assert FilePlanStore().directory == tmp_path / "kvmemo" / "plans"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert str(FilePlanStore().directory) == os.path.expanduser("~/.cache/kvmemo/plans")
+
+
+def test_fit_requested_never_counts_memory_that_was_not_free():
+    """Other processes hold 40% of the device: 90% of the total is not there to take."""
+    components = Components(weights=gib(8), activation_peak=gib(2), non_torch=0, cudagraph=0)
+    s = suggest(total=gib(80), free_at_start=gib(48), utilization=0.9, components=components, safety=0)
+    assert s.fit_requested_bytes == s.full_bytes == gib(48) - gib(10)
