@@ -6,7 +6,6 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -19,7 +18,7 @@ from service.memory.fingerprint import fingerprint, fingerprint_fields
 from service.memory.plan import format_bytes
 from service.memory.profiler import dummy_prompt_lens
 from service.memory.report import BootReport
-from service.memory.store import FilePlanStore
+from service.plans import Plans, open_plans
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +35,6 @@ def timed(report: BootReport, phase: str):
     finally:
         report.phase_seconds[phase] = time.perf_counter() - start
         log.info("startup phase %s took %.2f s", phase, report.phase_seconds[phase])
-
-
-def file_store_for(config: EngineConfig) -> FilePlanStore | None:
-    if config.plan_store == "file" or (config.plan_store == "auto" and not config.configmap_name):
-        return FilePlanStore(Path(config.plan_dir) if config.plan_dir else None)
-    return None
 
 
 @dataclass(slots=True)
@@ -86,8 +79,9 @@ def load_and_fingerprint(config: EngineConfig) -> Loaded:
     return Loaded(runner, baseline, weights, after.free + after.reserved - after.allocated, fp)
 
 
-def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLMEngine, BootReport]:
-    """configmap_plan_reader: fp12 -> plan dict or None (the Kubernetes store), when configured."""
+def build_engine(config: EngineConfig, plans: Plans | None = None) -> tuple[LLMEngine, BootReport]:
+    """plans: where this boot looks for its plan and records what it measured (default: open_plans(config))."""
+    plans = plans if plans is not None else open_plans(config)
     report = BootReport()
     start = time.perf_counter()
     with timed(report, "load_weights"):
@@ -95,11 +89,9 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
     runner, baseline, fp = loaded.runner, loaded.baseline, loaded.fingerprint
     report.baseline, report.fingerprint = baseline, fp
 
-    file_store = file_store_for(config)
-    configmap_plan = configmap_plan_reader(fp[:12]) if configmap_plan_reader else None
     with timed(report, "profile"):
-        decision = planner.decide(config, runner, baseline, loaded.free_after_weights, loaded.weights, fp,
-                                  file_store, configmap_plan)
+        lookup = plans.lookup(fp, config.kv_cache_policy)
+        decision = planner.decide(config, runner, baseline, loaded.free_after_weights, loaded.weights, fp, lookup)
     report.plan_source, report.plan_reason, report.record = decision.source, decision.reason, decision.record
     if decision.source != "profile":
         log.info("skipped profiling: KV cache of %s from %s", format_bytes(decision.kv_cache_memory_bytes),
@@ -129,7 +121,7 @@ def build_engine(config: EngineConfig, configmap_plan_reader=None) -> tuple[LLME
             runner.capture_graphs(config.cuda_graph_sizes)
         warmup_oom = warm_up(runner, config)
     report.phase_seconds["total"] = time.perf_counter() - start
-    check_prediction(report, snapshot.take(runner.device), config, file_store)
+    check_prediction(report, snapshot.take(runner.device), plans)
     if warmup_oom:
         engine.count_oom()  # only counted: the server records it against the plan, as it does every engine OOM
     if report.record is not None:
@@ -158,21 +150,7 @@ def warm_up(runner, config: EngineConfig) -> bool:
     return True
 
 
-def record_oom(report: BootReport, config: EngineConfig) -> None:
-    """A device OOM that the engine counted: the file plan is marked stale (the next boot profiles again) and
-    counts it. The server calls it once per OOM, boot's warm-up included; the ConfigMap's OOM event is written
-    by service.publish, and the controller lowers the plan on it."""
-    store = file_store_for(config)
-    if store is None or report.record is None:
-        return
-    report.record.ooms += 1
-    report.record.stale = report.plan_stale = True
-    path = store.save(report.record)
-    log.warning("out of memory while serving with a %s KV cache: plan %s marked stale",
-                format_bytes(report.kv_cache_memory_bytes), path)
-
-
-def check_prediction(report: BootReport, now: snapshot.Snapshot, config: EngineConfig, store) -> None:
+def check_prediction(report: BootReport, now: snapshot.Snapshot, plans: Plans) -> None:
     """Actual non-KV memory after capture against the prediction; a miss beyond the safety margin marks the
     plan stale so that the next boot profiles again."""
     if now.device == "cpu":
@@ -190,6 +168,5 @@ def check_prediction(report: BootReport, now: snapshot.Snapshot, config: EngineC
         record.stale = report.plan_stale = True
         log.warning("measured non-KV memory exceeds the prediction by more than the safety margin (%s); the plan "
                     "is marked stale and the next boot profiles again", format_bytes(record.safety_bytes))
-    if store is not None and (report.plan_source == "profile" or record.stale):
-        path = store.save(record)
-        log.info("plan record written to %s", path)
+    if report.plan_source == "profile" or record.stale:
+        plans.record_profile(record)

@@ -13,11 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # and the ones below.
 LAYERS = [
     ("base", ["service", "service.errors", "service.config", "service.cli_text",
-              "service.metrics", "service.proto", "service.publish.contract"]),  # the contract: torch-free, shared
+              "service.metrics", "service.proto", "service.contract"]),  # the contract: torch-free, shared
     ("kernels", ["service.kernels"]),
     ("model", ["service.model", "service.tokenizer"]),
     ("engine", ["service.engine"]),
-    ("memory", ["service.memory", "service.publish"]),  # where plans live: the plan file, or the ConfigMap
+    ("memory", ["service.memory", "service.publish", "service.plans"]),  # where plans live: the plan file, or the ConfigMap
     ("boot", ["service.boot"]),
     ("server", ["service.server", "controller"]),
     ("commands", ["service.cli", "service.commands"]),  # one module per kvmemo subcommand
@@ -91,7 +91,7 @@ def test_no_module_imports_a_layer_above_its_own():
 
 def test_the_boot_report_and_the_contract_load_without_torch():
     """Metrics and server code read the boot report, the controller the contract; neither may cost torch."""
-    code = ("import sys; import service.memory.report, service.publish.contract; "
+    code = ("import sys; import service.memory.report, service.contract, service.plans.store; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

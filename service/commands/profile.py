@@ -22,13 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from service.boot import file_store_for, load_and_fingerprint
+    from service.boot import load_and_fingerprint
+    from service.plans import open_plans
+    from service.plans.file import FilePlans
     from service.memory.planner import plan_log_line, profile_record
 
     try:
         config = engine_config_from_args(args)
-        store = file_store_for(config)
-        if args.save and store is None:
+        store = open_plans(config)
+        if args.save and not isinstance(store, FilePlans):
             raise ConfigError(f"--save writes to the file plan store, but plan_store={config.plan_store!r}"
                               f"{' with a ConfigMap' if config.configmap_name else ''} has none; use --plan-store file")
         loaded = load_and_fingerprint(config)

@@ -11,7 +11,7 @@ from service.memory import profiler
 from service.memory.host import host_memory
 from service.memory.plan import KVCap, MiB, PlanRecord, format_bytes, log_line, requested_bytes, suggest
 from service.memory.snapshot import Snapshot
-from service.memory.store import FilePlanStore
+from service.plans.store import Lookup, StoredPlan
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,23 @@ def check_kv_bytes(value: int, layout: KVLayout, free_after_weights: int) -> str
     return None
 
 
+def stored_plan_problem(plan: StoredPlan, config: EngineConfig, layout: KVLayout, baseline: Snapshot,
+                        free_after_weights: int) -> str | None:
+    """Why a stored plan does not apply to this boot, or None when it does."""
+    kv, recorded_free = plan.kv_cache_memory_bytes, plan.free_at_start_bytes
+    if not isinstance(kv, int) or not isinstance(recorded_free, int):
+        return f"the {plan.source} plan is malformed"
+    if baseline.free < recorded_free - config.plan_free_tolerance_bytes:
+        return (f"the {plan.source} plan was measured with {format_bytes(recorded_free)} free at start, now "
+                f"{format_bytes(baseline.free)} (tolerance {format_bytes(config.plan_free_tolerance_bytes)})")
+    problem = check_kv_bytes(min(kv, layout.useful_bytes), layout, free_after_weights)
+    return f"the {plan.source} plan fails its checks: {problem}" if problem else None
+
+
 def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights: int, weights: int, fp: str,
-           file_store: FilePlanStore | None, configmap_plan: dict | None) -> KVDecision:
-    """runner: the ModelRunner, without a KV cache; its layout sizes the checks, and profiling runs through it."""
+           lookup: Lookup) -> KVDecision:
+    """runner: the ModelRunner, without a KV cache; its layout sizes the checks, and profiling runs through it.
+    lookup: what the plan store holds for fp (service.plans), whichever store that is."""
     layout = runner.layout
     if config.kv_cache_memory_bytes is not None:
         problem = check_kv_bytes(config.kv_cache_memory_bytes, layout, free_after_weights)
@@ -69,46 +83,19 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
             raise ConfigError(f"--kv-cache-memory-bytes={config.kv_cache_memory_bytes}: {problem}")
         return KVDecision(config.kv_cache_memory_bytes, "flag", None, "set by --kv-cache-memory-bytes")
 
-    reasons = []
-    candidates = []
-    if configmap_plan is not None:
-        candidates.append(("configmap", configmap_plan.get("kv_cache_memory_bytes"),
-                           configmap_plan.get("free_at_start_bytes"), None))
-    elif config.configmap_name:
-        reasons.append(f"no kv-cache-plan.{fp[:12]} in ConfigMap {config.configmap_name}")
-    earlier_ooms = 0
-    if file_store is not None:
-        record = file_store.load(fp)
-        if record is None:
-            reasons.append(f"no plan file {file_store.path(fp)}")
-        elif record.stale:
-            earlier_ooms = record.ooms
-            reasons.append(f"plan file {file_store.path(fp)} is marked stale (a boot measured more than it predicted)")
-        else:
-            candidates.append(("file", record.suggestions.for_policy(config.kv_cache_policy),
-                               record.free_at_start_bytes, record))
-    for source, kv, recorded_free, record in candidates:
-        if not isinstance(kv, int) or not isinstance(recorded_free, int):
-            reasons.append(f"the {source} plan is malformed")
-            continue
-        if baseline.free < recorded_free - config.plan_free_tolerance_bytes:
-            reasons.append(f"the {source} plan was measured with {format_bytes(recorded_free)} free at start, "
-                           f"now {format_bytes(baseline.free)} (tolerance {format_bytes(config.plan_free_tolerance_bytes)})")
-            continue
-        problem = check_kv_bytes(min(kv, layout.useful_bytes), layout, free_after_weights)
-        if problem:
-            reasons.append(f"the {source} plan fails its checks: {problem}")
-            continue
-        return KVDecision(kv, source, record, f"stored {source} plan for fingerprint {fp[:12]}")
-
-    log.info("profiling memory: %s", "; ".join(reasons) or "no plan store is configured")
-    record = profile_record(config, runner, baseline, weights, fp, earlier_ooms)
+    plan = lookup.plan
+    why_profile = stored_plan_problem(plan, config, layout, baseline, free_after_weights) if plan else lookup.reason
+    if why_profile is None:
+        return KVDecision(plan.kv_cache_memory_bytes, plan.source, plan.record,
+                          f"stored {plan.source} plan for fingerprint {fp[:12]} ({lookup.reason})")
+    log.info("profiling memory: %s", why_profile)
+    record = profile_record(config, runner, baseline, weights, fp, lookup.earlier_ooms)
     kv = record.suggestions.for_policy(config.kv_cache_policy)
     problem = check_kv_bytes(min(kv, layout.useful_bytes), layout, free_after_weights)
     if problem:
         raise ConfigError(f"profiling suggests a {config.kv_cache_policy} KV cache of {kv} bytes, but {problem}; "
                           f"lower max_model_len or max_num_batched_tokens, or raise gpu_memory_utilization")
-    return KVDecision(kv, "profile", record, "; ".join(reasons) or "no plan store is configured")
+    return KVDecision(kv, "profile", record, why_profile)
 
 
 def profile_record(config: EngineConfig, runner, baseline: Snapshot, weights: int, fp: str,

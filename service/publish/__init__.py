@@ -2,7 +2,6 @@
 
 from service.contract.client import load_api_client
 from service.publish.configmap import ConfigMapStore, PublishError
-from service.publish.hooks import ConfigMapPlans
 from service.publish.publisher import PUBLISH_FAILURES, Publisher
 
-__all__ = ["ConfigMapPlans", "ConfigMapStore", "PUBLISH_FAILURES", "PublishError", "Publisher", "load_api_client"]
+__all__ = ["ConfigMapStore", "PUBLISH_FAILURES", "PublishError", "Publisher", "load_api_client"]

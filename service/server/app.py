@@ -15,7 +15,9 @@ from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service import metrics
-from service.boot import BootReport, build_engine, record_oom
+from service.boot import build_engine
+from service.memory.report import BootReport
+from service.plans import Plans, open_plans
 from service.errors import ConfigError, ModelLoadError
 from service.memory.export import export_boot_metrics
 from service.config import EngineConfig
@@ -67,14 +69,14 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
-async def boot(config: EngineConfig, stop: asyncio.Event, plan_reader=None):
+async def boot_in_background(config: EngineConfig, plans: Plans, stop: asyncio.Event):
     """build_engine on a daemon thread, so that a signal during boot can still end the process at once."""
     loop = asyncio.get_running_loop()
     booted = loop.create_future()
 
     def run():
         try:
-            result = build_engine(config, plan_reader)
+            result = build_engine(config, plans)
         except BaseException as e:  # handed to the event loop, which reports it
             loop.call_soon_threadsafe(lambda e=e: booted.done() or booted.set_exception(e))
         else:
@@ -133,11 +135,9 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    from service.publish import ConfigMapPlans
-
-    plans = await asyncio.to_thread(ConfigMapPlans.for_config, config)  # None outside Kubernetes
+    plans = await asyncio.to_thread(open_plans, config)  # the ConfigMap's clients may take a moment to load
     try:
-        booted = await boot(config, stop, plans.read_plan if plans else None)
+        booted = await boot_in_background(config, plans, stop)
     except (ConfigError, ModelLoadError) as e:  # bad settings or model: exit 2, as for a bad flag
         log.error("%s", e)
         await server.stop(grace=None)
@@ -152,14 +152,10 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
         return 0
     state.llm, state.report = booted
     publish_boot(state, state.report)
-    if plans:
-        plans.after_boot(state.report)
 
-    def on_oom(count: int, report=state.report):
+    def on_oom(count: int, report=state.report):  # the one place where engine OOMs reach the plans
         for _ in range(count):
-            record_oom(report, config)
-            if plans:
-                plans.record_oom(report.fingerprint, report.kv_cache_memory_bytes)
+            plans.record_oom(report)
 
     state.on_oom = on_oom
     state.engine = AsyncEngine(state.llm)
@@ -178,7 +174,6 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
     await stop.wait()
     await drain(state, server, health_servicer, options.drain_grace_seconds)
     state.engine.stop()
-    if plans:
-        plans.close()
+    plans.close()
     log.info("stopped")
     return 0

@@ -1,20 +1,14 @@
-"""The service's ConfigMap hooks as `kvmemo serve` uses them, with a real profiler record, the real
+"""The ConfigMap plans as `kvmemo serve` uses them, with a real profiler record, the real
 controller and the pod's own service-account token: profile → report → plan → the next boot reads it."""
 
 import pytest
 
 from service.config import EngineConfig
 from service.memory.plan import Components, PlanRecord, requested_bytes, suggest
-from service.publish import ConfigMapPlans
+from service.memory.report import BootReport
+from service.plans.configmap import ConfigMapPlans
 from tests.k8s.kube import wait_for
 from tests.k8s.reports import GiB
-
-
-class Boot:
-    """The fields of service.boot.BootReport that the hooks read (importing it would load torch)."""
-
-    def __init__(self, plan_source, record):
-        self.plan_source, self.record = plan_source, record
 
 
 def profiled(fingerprint: str) -> PlanRecord:
@@ -41,18 +35,17 @@ def test_no_configmap_configured_means_no_hooks():
 def test_profile_report_plan_then_next_boot_reads_it(pod, controllers):
     controllers.start()
     fp = "ab" * 32
-    assert pod.read_plan(fp[:12]) is None  # first boot: no plan, so it profiles
+    first = pod.lookup(fp, "fit-requested")
+    assert first.plan is None and first.reason == f"no kv-cache-plan.{fp[:12]} in ConfigMap kvmemo"  # it profiles
     record = profiled(fp)
-    pod.after_boot(Boot("profile", record))
-    plan = wait_for(lambda: pod.read_plan(fp[:12]), what="the controller's plan")
-    assert plan["kv_cache_memory_bytes"] == record.suggestions.fit_requested_bytes
-    assert plan["free_at_start_bytes"] == record.free_at_start_bytes
-
-    # A boot that used the plan publishes nothing; another fingerprint has no plan and profiles.
-    pod.after_boot(Boot("configmap", None))
+    pod.record_profile(record)
+    plan = wait_for(lambda: pod.lookup(fp, "fit-requested").plan, what="the controller's plan")
+    assert plan.source == "configmap" and plan.record is None
+    assert plan.kv_cache_memory_bytes == record.suggestions.fit_requested_bytes
+    assert plan.free_at_start_bytes == record.free_at_start_bytes
     assert pod.publisher.flush(5)
-    assert pod.read_plan("cd" * 6) is None
+    assert pod.lookup("cd" * 32, "fit-requested").plan is None  # another fingerprint has no plan and profiles
 
-    pod.record_oom(fp, plan["kv_cache_memory_bytes"])
-    lowered = wait_for(lambda: (p := pod.read_plan(fp[:12])) and p["source"] == "oom" and p, what="OOM lowering")
-    assert lowered["kv_cache_memory_bytes"] == plan["kv_cache_memory_bytes"] * 90 // 100
+    pod.record_oom(BootReport(fingerprint=fp, kv_cache_memory_bytes=plan.kv_cache_memory_bytes))
+    lowered = wait_for(lambda: (p := pod.store.read_plan(fp[:12])) and p["source"] == "oom" and p, what="OOM lowering")
+    assert lowered["kv_cache_memory_bytes"] == plan.kv_cache_memory_bytes * 90 // 100

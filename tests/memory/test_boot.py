@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from service.boot import build_engine, record_oom
+from service.boot import build_engine
 from service.config import EngineConfig
 from service.engine.sampling import SamplingParams
 from service.errors import ConfigError
-from service.memory.store import FilePlanStore
+from service.plans.file import FilePlans
 from service.server.state import Limits, ServerState
 
 SMALL = dict(model="tiny", device="cpu", max_num_seqs=4, max_model_len=256, max_num_batched_tokens=128)
@@ -54,7 +54,7 @@ def test_the_flag_skips_profiling_entirely(tmp_path, caplog):
 
 def test_failed_free_memory_gate_profiles_again(tmp_path, caplog):
     cold = boot(tmp_path, caplog)
-    store = FilePlanStore(tmp_path)
+    store = FilePlans(tmp_path)
     cold.record.free_at_start_bytes += 1 << 50  # as if measured on a far emptier machine
     store.save(cold.record)
     again = boot(tmp_path, caplog)
@@ -63,7 +63,7 @@ def test_failed_free_memory_gate_profiles_again(tmp_path, caplog):
 
 def test_corrupted_plan_file_profiles_again(tmp_path, caplog):
     cold = boot(tmp_path, caplog)
-    FilePlanStore(tmp_path).path(cold.fingerprint).write_text("{")
+    FilePlans(tmp_path).path(cold.fingerprint).write_text("{")
     assert boot(tmp_path, caplog).plan_source == "profile"
     assert "ignoring plan file" in caplog.text
 
@@ -71,15 +71,15 @@ def test_corrupted_plan_file_profiles_again(tmp_path, caplog):
 def test_stored_plan_below_one_sequence_profiles_again(tmp_path, caplog):
     cold = boot(tmp_path, caplog)
     cold.record.suggestions.fit_requested_bytes = 1000
-    FilePlanStore(tmp_path).save(cold.record)
+    FilePlans(tmp_path).save(cold.record)
     assert boot(tmp_path, caplog).plan_source == "profile"
     assert "fails its checks: 1000 bytes is below one max_model_len=256 sequence" in caplog.text
 
 
 def test_an_oom_marks_the_plan_stale_so_the_next_boot_profiles(tmp_path, caplog):
     cold = boot(tmp_path, caplog)
-    record_oom(cold, EngineConfig(plan_dir=str(tmp_path), **SMALL))
-    stored = FilePlanStore(tmp_path).load(cold.fingerprint)
+    FilePlans(tmp_path).record_oom(cold)
+    stored = FilePlans(tmp_path).load(cold.fingerprint)
     assert stored.stale and stored.ooms == 1
     assert boot(tmp_path, caplog).plan_source == "profile" and "marked stale" in caplog.text
 
@@ -172,7 +172,8 @@ def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_
     assert not stored["stale"], "boot only counts the OOM in the engine; the server records it against the plan"
     monkeypatch.undo()
     config = EngineConfig(plan_dir=str(tmp_path), **SMALL)
-    state = ServerState("tiny", config, Limits(), on_oom=lambda n: [record_oom(report, config) for _ in range(n)])  # as serve()
+    plans = FilePlans(tmp_path)
+    state = ServerState("tiny", config, Limits(), on_oom=lambda n: [plans.record_oom(report) for _ in range(n)])  # as serve()
     for _ in range(2):
         state.on_step(engine.stats(), [])
     stored = json.loads(next(tmp_path.glob("*.json")).read_text())

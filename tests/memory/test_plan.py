@@ -6,7 +6,7 @@ import os
 import pytest
 
 from service.memory.plan import GiB, Components, KVCap, PlanRecord, log_line, requested_bytes, suggest
-from service.memory.store import FilePlanStore
+from service.plans.file import FilePlans
 
 
 def gib(x: float) -> int:
@@ -76,7 +76,7 @@ def test_record_round_trips_and_rejects_foreign_json():
 
 
 def test_store_writes_atomically_and_reads_back(tmp_path):
-    store = FilePlanStore(tmp_path / "plans")
+    store = FilePlans(tmp_path / "plans")
     r = record()
     path = store.save(r)
     assert path == tmp_path / "plans" / f"{r.fingerprint[:12]}.json"
@@ -88,7 +88,7 @@ def test_store_writes_atomically_and_reads_back(tmp_path):
 
 
 def test_store_ignores_corrupted_and_foreign_files(tmp_path, caplog):
-    store = FilePlanStore(tmp_path)
+    store = FilePlans(tmp_path)
     fp = "cd" * 32
     store.path(fp).write_text("{not json")
     assert store.load(fp) is None
@@ -103,9 +103,9 @@ def test_store_ignores_corrupted_and_foreign_files(tmp_path, caplog):
 
 def test_store_default_location_is_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert FilePlanStore().directory == tmp_path / "kvmemo" / "plans"
+    assert FilePlans().directory == tmp_path / "kvmemo" / "plans"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert str(FilePlanStore().directory) == os.path.expanduser("~/.cache/kvmemo/plans")
+    assert str(FilePlans().directory) == os.path.expanduser("~/.cache/kvmemo/plans")
 
 
 def test_fit_requested_never_counts_memory_that_was_not_free():

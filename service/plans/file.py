@@ -1,4 +1,4 @@
-"""Where plan records live outside Kubernetes: one JSON file per fingerprint, replaced atomically."""
+"""Plans outside Kubernetes: one JSON file per fingerprint (the whole PlanRecord), replaced atomically."""
 
 import json
 import logging
@@ -6,7 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from service.memory.plan import PlanRecord
+from service.memory.plan import PlanRecord, format_bytes
+from service.memory.report import BootReport
+from service.plans.store import Lookup, StoredPlan
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +18,7 @@ def default_plan_dir() -> Path:
     return Path(base) / "kvmemo" / "plans"
 
 
-class FilePlanStore:
+class FilePlans:
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory) if directory else default_plan_dir()
 
@@ -53,3 +55,29 @@ class FilePlanStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+    def lookup(self, fingerprint: str, policy: str) -> Lookup:
+        record = self.load(fingerprint)
+        if record is None:
+            return Lookup(None, f"no plan file {self.path(fingerprint)}")
+        if record.stale:
+            return Lookup(None, f"plan file {self.path(fingerprint)} is marked stale (a boot measured more than it "
+                                f"predicted, or ran out of memory)", earlier_ooms=record.ooms)
+        plan = StoredPlan("file", record.suggestions.for_policy(policy), record.free_at_start_bytes, record)
+        return Lookup(plan, f"plan file {self.path(fingerprint)}")
+
+    def record_profile(self, record: PlanRecord) -> None:
+        log.info("plan record written to %s", self.save(record))
+
+    def record_oom(self, report: BootReport) -> None:
+        """The plan is marked stale (the next boot profiles again) and counts the OOM, so that the next profile
+        doubles its safety margin."""
+        if report.record is None:
+            return
+        report.record.ooms += 1
+        report.record.stale = report.plan_stale = True
+        log.warning("out of memory while serving with a %s KV cache: plan %s marked stale",
+                    format_bytes(report.kv_cache_memory_bytes), self.save(report.record))
+
+    def close(self) -> None:
+        pass

@@ -1,9 +1,14 @@
-"""What `kvmemo serve` calls when it runs with a ConfigMap: a plan reader for the boot, the report after a
-profiling boot, OOM records while serving. Every write goes through the background Publisher."""
+"""Plans in the deployment's ConfigMap: the controller's plan read at boot (bounded by the request timeout),
+the report after a profiling boot and OOM events while serving, each written by the background Publisher so
+that a slow or absent apiserver never holds up a boot or a step."""
 
 import logging
 from dataclasses import dataclass
 
+from service.contract.keys import plan_key
+from service.memory.plan import PlanRecord
+from service.memory.report import BootReport
+from service.plans.store import Lookup, StoredPlan
 from service.publish.configmap import ConfigMapStore
 from service.publish.publisher import Publisher
 
@@ -29,17 +34,22 @@ class ConfigMapPlans:
         log.info("plans from ConfigMap %s/%s as pod %s", store.namespace, store.name, store.pod_name)
         return cls(store, Publisher(store).start())
 
-    def read_plan(self, fp12: str) -> dict | None:
-        """For build_engine(configmap_plan_reader=...): bounded by the store's request timeout."""
-        return self.store.read_plan(fp12)
+    def lookup(self, fingerprint: str, policy: str) -> Lookup:
+        """The controller's plan: one size, whatever the policy (the controller chose it)."""
+        fp12 = fingerprint[:12]
+        plan = self.store.read_plan(fp12)
+        where = f"{plan_key(fp12)} in ConfigMap {self.store.name}"
+        if plan is None:
+            return Lookup(None, f"no {where}")
+        return Lookup(StoredPlan("configmap", plan["kv_cache_memory_bytes"], plan["free_at_start_bytes"], None),
+                      where)
 
-    def after_boot(self, report) -> None:
-        """Publish the measurement of a profiling boot (a service.boot.BootReport); returns at once."""
-        if report.plan_source == "profile" and report.record is not None:
-            self.publisher.publish_report(report.record)
+    def record_profile(self, record: PlanRecord) -> None:
+        """Merged into this fingerprint's report for the controller; returns at once."""
+        self.publisher.publish_report(record)
 
-    def record_oom(self, fingerprint: str, kv_cache_memory_bytes: int) -> None:
-        self.publisher.publish_oom(fingerprint[:12], kv_cache_memory_bytes)
+    def record_oom(self, report: BootReport) -> None:
+        self.publisher.publish_oom(report.fingerprint[:12], report.kv_cache_memory_bytes)
 
     def close(self, timeout: float = 5.0) -> None:
         self.publisher.flush(timeout)
