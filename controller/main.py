@@ -7,7 +7,8 @@ import signal
 import socket
 import threading
 
-from controller.reconcile import POLICIES, Settings
+from controller.reconcile import Settings
+from service.contract.keys import POLICIES
 from service.contract.keys import PART_OF_LABEL
 
 log = logging.getLogger("kvmemo.controller")

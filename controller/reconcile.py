@@ -6,11 +6,10 @@ are already right gives no patch at all."""
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from service.contract.keys import (FP12, OOM_PREFIX, PLAN_PREFIX, REPORT_PREFIX, now_rfc3339, oom_key,
+from service.contract.keys import (FP12, POLICIES, OOM_PREFIX, PLAN_PREFIX, REPORT_PREFIX, now_rfc3339, oom_key,
                                    parse_rfc3339, plan_key, report_key)
 from service.contract.records import OomEvent, Plan, Rejected, Report, load_object, parse_oom, parse_report
 
-POLICIES = ("fit-requested", "full")
 # A pod clock a little ahead is normal; far ahead would keep a report from ever being pruned.
 MAX_CLOCK_AHEAD = timedelta(minutes=10)
 

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from service.contract.keys import POLICIES
 from service.errors import ConfigError
 
 
@@ -51,7 +52,7 @@ class EngineConfig:
             raise ConfigError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype}")
-        if self.kv_cache_policy not in ("fit-requested", "full"):
+        if self.kv_cache_policy not in POLICIES:
             raise ConfigError(f"kv_cache_policy must be fit-requested or full, got {self.kv_cache_policy!r}")
         if self.plan_store not in ("auto", "file", "configmap", "none"):
             raise ConfigError(f"plan_store must be auto, file, configmap or none, got {self.plan_store!r}")

@@ -89,7 +89,7 @@ def kvmemo(*args: str, **kw) -> subprocess.CompletedProcess:
                           **kw)
 
 
-RUN = ("--seed", "1", "--temperature", "1", "--max-tokens", "24", "--device", "cpu", "--max-model-len", "128",
+RUN = ("--model", "tiny", "--seed", "1", "--temperature", "1", "--max-tokens", "24", "--device", "cpu", "--max-model-len", "128",
        "--max-num-seqs", "2", "--plan-store", "none")
 
 

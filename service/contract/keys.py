@@ -50,3 +50,7 @@ def parse_rfc3339(text: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no time zone")
     return parsed
+
+
+# The two KV-cache sizes a memory profile suggests; a pod boots with one, the controller plans with one.
+POLICIES = ("fit-requested", "full")

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 import service
 
 SCHEMA = 1
-POLICIES = ("fit-requested", "full")
 GiB = 1 << 30
 MiB = 1 << 20
 
@@ -54,7 +53,7 @@ def suggest(total: int, free_at_start: int, utilization: float, components: Comp
 
 
 @dataclass(slots=True)
-class PlanRecord:
+class MemoryProfile:
     fingerprint: str
     device: str
     total_bytes: int
@@ -75,7 +74,7 @@ class PlanRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "PlanRecord":
+    def from_json(cls, data: dict) -> "MemoryProfile":
         """Raises ValueError for anything that is not a plan record of this schema."""
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ValueError(f"not a schema-{SCHEMA} plan record")
@@ -107,7 +106,7 @@ class KVCap:
     max_model_len: int
 
 
-def advice(record: PlanRecord, cap: KVCap | None, whole: str) -> str:
+def advice(record: MemoryProfile, cap: KVCap | None, whole: str) -> str:
     """The two ready-to-paste flags, neither above what the cap lets the engine use."""
     fit, full = record.suggestions.fit_requested_bytes, record.suggestions.full_bytes
     if cap is None or max(fit, full) <= cap.bytes:
@@ -126,7 +125,7 @@ def advice(record: PlanRecord, cap: KVCap | None, whole: str) -> str:
     return f"Use {flag(fit, 'to fit the requested utilization')}, or {flag(full, f'to use {whole}')}."
 
 
-def log_line(record: PlanRecord, kv_in_use: int, cap: KVCap | None = None, host_total: str | None = None) -> str:
+def log_line(record: MemoryProfile, kv_in_use: int, cap: KVCap | None = None, host_total: str | None = None) -> str:
     """One line a person can act on, like vLLM's. On CPU it speaks of host memory, says what its total is
     (host_total: a HostMemory.source) and has no CUDA-graph component."""
     c = record.components

@@ -9,7 +9,7 @@ from service.engine.kv_layout import KVLayout
 from service.errors import ConfigError
 from service.memory import profiler
 from service.memory.host import host_memory
-from service.memory.plan import KVCap, MiB, PlanRecord, format_bytes, log_line, requested_bytes, suggest
+from service.memory.plan import KVCap, MiB, MemoryProfile, format_bytes, log_line, requested_bytes, suggest
 from service.memory.snapshot import Snapshot
 from service.plans.store import Lookup, StoredPlan
 
@@ -28,7 +28,7 @@ MAX_SAFETY_DOUBLINGS = 4
 class KVDecision:
     kv_cache_memory_bytes: int
     source: str  # flag | file | configmap | profile
-    record: PlanRecord | None  # what profiling measured (profiled boots and file plans)
+    record: MemoryProfile | None  # what profiling measured (profiled boots and file plans)
     reason: str
 
 
@@ -42,7 +42,7 @@ def kv_cap(layout: KVLayout) -> KVCap:
     return KVCap(layout.useful_bytes, layout.max_num_seqs, layout.max_model_len)
 
 
-def plan_log_line(record: PlanRecord, kv_in_use: int, runner) -> str:
+def plan_log_line(record: MemoryProfile, kv_in_use: int, runner) -> str:
     """log_line for this runner: its cap, and on CPU what the host total is (cgroup limit or MemTotal)."""
     host_total = host_memory().source if runner.device.type != "cuda" else None
     return log_line(record, kv_in_use, kv_cap(runner.layout), host_total)
@@ -99,7 +99,7 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
 
 
 def profile_record(config: EngineConfig, runner, baseline: Snapshot, weights: int, fp: str,
-                   earlier_ooms: int = 0) -> PlanRecord:
+                   earlier_ooms: int = 0) -> MemoryProfile:
     """earlier_ooms: out-of-memory errors of the stale plan this one replaces. Each doubles the safety margin
     (up to MAX_SAFETY_DOUBLINGS times), so a plan that ran out of memory is not measured into the same size."""
     components, seconds = profiler.profile(runner, config, baseline, weights)
@@ -107,7 +107,7 @@ def profile_record(config: EngineConfig, runner, baseline: Snapshot, weights: in
     if earlier_ooms:
         log.warning("the previous plan for this fingerprint ran out of memory %d time(s): safety margin %s",
                     earlier_ooms, format_bytes(safety))
-    return PlanRecord(
+    return MemoryProfile(
         fingerprint=fp, device=baseline.device, total_bytes=baseline.total, free_at_start_bytes=baseline.free,
         gpu_memory_utilization=config.gpu_memory_utilization,
         requested_bytes=requested_bytes(config.gpu_memory_utilization, baseline.total), components=components,

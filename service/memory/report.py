@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from service.memory.plan import PlanRecord
+from service.memory.plan import MemoryProfile
 
 if TYPE_CHECKING:
     from service.memory.snapshot import Snapshot
@@ -18,7 +18,7 @@ class BootReport:
     fingerprint: str = ""
     plan_source: str = ""  # flag | file | configmap | profile
     plan_reason: str = ""
-    record: PlanRecord | None = None  # measured components and suggestions, when known
+    record: MemoryProfile | None = None  # measured components and suggestions, when known
     kv_cache_memory_bytes: int = 0  # what was allocated
     num_blocks: int = 0
     actual_non_kv_bytes: int = 0

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from service.contract.keys import plan_key
-from service.memory.plan import PlanRecord
+from service.memory.plan import MemoryProfile
 from service.memory.report import BootReport
 from service.plans.store import Lookup, StoredPlan
 from service.publish.configmap import ConfigMapStore
@@ -44,7 +44,7 @@ class ConfigMapPlans:
         return Lookup(StoredPlan("configmap", plan["kv_cache_memory_bytes"], plan["free_at_start_bytes"], None),
                       where)
 
-    def record_profile(self, record: PlanRecord) -> None:
+    def record_profile(self, record: MemoryProfile) -> None:
         """Merged into this fingerprint's report for the controller; returns at once."""
         self.publisher.publish_report(record)
 

@@ -1,4 +1,4 @@
-"""Plans outside Kubernetes: one JSON file per fingerprint (the whole PlanRecord), replaced atomically."""
+"""Plans outside Kubernetes: one JSON file per fingerprint (the whole MemoryProfile), replaced atomically."""
 
 import json
 import logging
@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from service.memory.plan import PlanRecord, format_bytes
+from service.memory.plan import MemoryProfile, format_bytes
 from service.memory.report import BootReport
 from service.plans.store import Lookup, StoredPlan
 
@@ -25,13 +25,13 @@ class FilePlans:
     def path(self, fp: str) -> Path:
         return self.directory / f"{fp[:12]}.json"
 
-    def load(self, fp: str) -> PlanRecord | None:
+    def load(self, fp: str) -> MemoryProfile | None:
         """The record for fp, or None; a corrupted or foreign file is ignored with a warning."""
         path = self.path(fp)
         if not path.exists():
             return None
         try:
-            record = PlanRecord.from_json(json.loads(path.read_text()))
+            record = MemoryProfile.from_json(json.loads(path.read_text()))
         except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
             log.warning("ignoring plan file %s: %s", path, e)
             return None
@@ -41,7 +41,7 @@ class FilePlans:
             return None
         return record
 
-    def save(self, record: PlanRecord) -> Path:
+    def save(self, record: MemoryProfile) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(record.fingerprint)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=path.name, suffix=".tmp")
@@ -66,7 +66,7 @@ class FilePlans:
         plan = StoredPlan("file", record.suggestions.for_policy(policy), record.free_at_start_bytes, record)
         return Lookup(plan, f"plan file {self.path(fingerprint)}")
 
-    def record_profile(self, record: PlanRecord) -> None:
+    def record_profile(self, record: MemoryProfile) -> None:
         log.info("plan record written to %s", self.save(record))
 
     def record_oom(self, report: BootReport) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from service.config import EngineConfig
-from service.memory.plan import PlanRecord
+from service.memory.plan import MemoryProfile
 from service.memory.report import BootReport
 
 
@@ -22,7 +22,7 @@ class StoredPlan:
     source: str  # file | configmap
     kv_cache_memory_bytes: int
     free_at_start_bytes: int  # a plan applies only while at least about this much is free at start
-    record: PlanRecord | None  # the whole measurement, where the store keeps it (the file does)
+    record: MemoryProfile | None  # the whole measurement, where the store keeps it (the file does)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class Lookup:
 
 class Plans(Protocol):
     def lookup(self, fingerprint: str, policy: str) -> Lookup: ...
-    def record_profile(self, record: PlanRecord) -> None: ...
+    def record_profile(self, record: MemoryProfile) -> None: ...
     def record_oom(self, report: BootReport) -> None: ...
     def close(self) -> None: ...
 
@@ -46,7 +46,7 @@ class NoPlans:
     def lookup(self, fingerprint: str, policy: str) -> Lookup:
         return Lookup(None, self.why)
 
-    def record_profile(self, record: PlanRecord) -> None:
+    def record_profile(self, record: MemoryProfile) -> None:
         pass
 
     def record_oom(self, report: BootReport) -> None:

@@ -82,7 +82,7 @@ class ConfigMapStore:
             return None
 
     def merge_report(self, record) -> dict:
-        """Merge a profiler record (service.memory's PlanRecord or its to_json() dict) into the report;
+        """Merge a profiler record (service.memory's MemoryProfile or its to_json() dict) into the report;
         returns what was written."""
         report = new_report(record.to_json() if hasattr(record, "to_json") else record, self.pod_name)
         fp12 = check_fp12(report["fingerprint"][:12])

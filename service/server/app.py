@@ -91,16 +91,18 @@ async def boot_in_background(config: EngineConfig, plans: Plans, stop: asyncio.E
 
 def publish_boot(state: ServerState, report: BootReport) -> None:
     m = state.model_name
-    export_boot_metrics(m, report, state.llm.runner.device)
+    export_boot_metrics(m, report, state.engine.runner.device)
     metrics.preemptions.labels(m)  # counters exist at 0 from the start, so rates and alerts have a series
     metrics.oom.labels(m)
-    metrics.kv_cache_blocks.labels(m, "total").set(state.llm.block_manager.num_usable_blocks)
-    metrics.kv_cache_blocks.labels(m, "free").set(state.llm.block_manager.num_free_blocks)
+    metrics.kv_cache_blocks.labels(m, "total").set(state.engine.block_manager.num_usable_blocks)
+    metrics.kv_cache_blocks.labels(m, "free").set(state.engine.block_manager.num_free_blocks)
     metrics.kv_cache_blocks.labels(m, "used").set(0)
     metrics.kv_cache_usage_ratio.labels(m).set(0)
 
 
-async def warm_up(engine: AsyncEngine) -> None:
+async def warm_up_request(engine: AsyncEngine) -> None:
+    """One short request through the whole serving path before health says SERVING (boot.warm_up ran the
+    profiled batch shape; this one warms the async engine and the sampler)."""
     prompt = engine.engine.tokenizer.encode("warm up")
     async for _ in engine.generate("kvmemo-warmup", prompt, SamplingParams(max_tokens=2, temperature=0)):
         pass
@@ -150,7 +152,7 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
         log.info("stopped during boot")
         await server.stop(grace=None)
         return 0
-    state.llm, state.report = booted
+    state.engine, state.report = booted
     publish_boot(state, state.report)
 
     def on_oom(count: int, report=state.report):  # the one place where engine OOMs reach the plans
@@ -158,22 +160,22 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
             plans.record_oom(report)
 
     state.on_oom = on_oom
-    state.engine = AsyncEngine(state.llm)
-    state.engine.on_step = state.on_step
-    state.engine.start()
-    await warm_up(state.engine)
+    state.async_engine = AsyncEngine(state.engine)
+    state.async_engine.on_step = state.on_step
+    state.async_engine.start()
+    await warm_up_request(state.async_engine)
     state.ready = True
     for name in HEALTH_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    blocks = state.llm.block_manager
+    blocks = state.engine.block_manager
     log.info("serving %s and %s on %s: model %s (max_model_len %d), %d KV blocks of %d tokens (%d bytes, plan %s), "
              "metrics on port %d", KVMEMO_SERVICE, KSERVE_SERVICE, address, state.model_name,
-             state.llm.max_model_len, blocks.num_usable_blocks, blocks.block_size,
+             state.engine.max_model_len, blocks.num_usable_blocks, blocks.block_size,
              state.report.kv_cache_memory_bytes, state.report.plan_source, options.metrics_port)
 
     await stop.wait()
     await drain(state, server, health_servicer, options.drain_grace_seconds)
-    state.engine.stop()
+    state.async_engine.stop()
     plans.close()
     log.info("stopped")
     return 0

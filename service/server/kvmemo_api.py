@@ -43,7 +43,7 @@ def prompt_ids(state: ServerState, request: pb.GenerateRequest) -> list[int]:
 
 
 def chat_prompt_ids(state: ServerState, request: pb.ChatRequest) -> list[int]:
-    tokenizer = state.llm.tokenizer
+    tokenizer = state.engine.tokenizer
     try:
         text = render_chat(tokenizer, [(m.role, m.content) for m in request.messages])
     except InvalidRequest as e:
@@ -138,7 +138,7 @@ class KvmemoServicer(pb_grpc.KvmemoServiceServicer):
 def model_info(state: ServerState) -> pb.ModelInfo:
     info = pb.ModelInfo(name=state.model_name, max_num_seqs=state.config.max_num_seqs,
                         block_size=state.config.block_size)
-    llm, report = state.llm, state.report
+    llm, report = state.engine, state.report
     if llm is not None:
         info.architecture = llm.model_config.architecture
         info.max_model_len = llm.max_model_len

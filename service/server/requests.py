@@ -13,7 +13,8 @@ from service.engine.outputs import RequestOutput
 from service.engine.sampling import SamplingParams
 from service.errors import InvalidRequest
 from service.server.rejections import REJECTIONS
-from service.server.state import MAX_REQUEST_ID_CHARS, RequestError, ServerState
+from service.engine.engine import MAX_REQUEST_ID_CHARS
+from service.server.state import RequestError, ServerState
 
 
 @dataclass(slots=True)
@@ -41,7 +42,7 @@ def check_request_id(request_id: str) -> str:
 def encode_prompt(state: ServerState, text: str, field_name: str = "prompt") -> list[int]:
     if not text:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_name}: must not be empty")
-    return state.llm.tokenizer.encode(text)
+    return state.engine.tokenizer.encode(text)
 
 
 async def generate(state: ServerState, prompt_ids: list[int], params: SamplingParams,
@@ -53,7 +54,7 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
     m = state.model_name
     reason = "abort"
     try:
-        async for out in state.engine.generate(uuid.uuid4().hex, prompt_ids, params):
+        async for out in state.async_engine.generate(uuid.uuid4().hex, prompt_ids, params):
             now = time.monotonic()
             if out.new_token_ids:
                 if timing.first_token is None:

@@ -11,7 +11,6 @@ from service.config import EngineConfig
 from service.engine.async_engine import AsyncEngine
 from service.engine.engine import EngineStats, LLMEngine
 
-MAX_REQUEST_ID_CHARS = 256
 
 
 class RequestError(Exception):
@@ -35,8 +34,8 @@ class ServerState:
     model_name: str
     config: EngineConfig
     limits: Limits
-    llm: LLMEngine | None = None
-    engine: AsyncEngine | None = None
+    engine: LLMEngine | None = None  # the engine itself (steps on its own thread)
+    async_engine: AsyncEngine | None = None  # the engine thread, streaming to the servicers
     report: BootReport | None = None
     ready: bool = False
     draining: bool = False

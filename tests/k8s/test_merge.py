@@ -44,11 +44,11 @@ def test_oom_counts_up_and_keeps_smallest():
 def test_profiler_record_passes_the_controller():
     """The contract end to end in pure code: what the profiler records, the controller accepts."""
     from service.contract.records import parse_report
-    from service.memory.plan import Components, PlanRecord, requested_bytes, suggest
+    from service.memory.plan import Components, MemoryProfile, requested_bytes, suggest
 
     components = Components(weights=16 * GiB, activation_peak=3 * GiB, non_torch=GiB // 3, cudagraph=GiB // 5)
     total, free, safety = 80 * GiB, 79 * GiB, GiB // 4
-    rec = PlanRecord(fingerprint="ab" * 32, device="NVIDIA H100 80GB HBM3", total_bytes=total,
+    rec = MemoryProfile(fingerprint="ab" * 32, device="NVIDIA H100 80GB HBM3", total_bytes=total,
                      free_at_start_bytes=free, gpu_memory_utilization=0.9,
                      requested_bytes=requested_bytes(0.9, total), components=components, safety_bytes=safety,
                      suggestions=suggest(total, free, 0.9, components, safety), seconds=3.5)

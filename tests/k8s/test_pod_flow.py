@@ -4,17 +4,17 @@ controller and the pod's own service-account token: profile → report → plan 
 import pytest
 
 from service.config import EngineConfig
-from service.memory.plan import Components, PlanRecord, requested_bytes, suggest
+from service.memory.plan import Components, MemoryProfile, requested_bytes, suggest
 from service.memory.report import BootReport
 from service.plans.configmap import ConfigMapPlans
 from tests.k8s.kube import wait_for
 from tests.k8s.reports import GiB
 
 
-def profiled(fingerprint: str) -> PlanRecord:
+def profiled(fingerprint: str) -> MemoryProfile:
     components = Components(weights=2 * GiB, activation_peak=GiB // 2, non_torch=GiB // 8, cudagraph=0)
     total, free, safety = 16 * GiB, 15 * GiB, GiB // 8
-    return PlanRecord(fingerprint=fingerprint, device="cpu", total_bytes=total, free_at_start_bytes=free,
+    return MemoryProfile(fingerprint=fingerprint, device="cpu", total_bytes=total, free_at_start_bytes=free,
                       gpu_memory_utilization=0.9, requested_bytes=requested_bytes(0.9, total),
                       components=components, safety_bytes=safety,
                       suggestions=suggest(total, free, 0.9, components, safety), seconds=1.0)

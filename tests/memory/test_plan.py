@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from service.memory.plan import GiB, Components, KVCap, PlanRecord, log_line, requested_bytes, suggest
+from service.memory.plan import GiB, Components, KVCap, MemoryProfile, log_line, requested_bytes, suggest
 from service.plans.file import FilePlans
 
 
@@ -31,12 +31,12 @@ def test_requested_bytes_rounds_up():
     assert requested_bytes(0.5, 3) == 2
 
 
-def record(fp="ab" * 32, free=gib(70), **overrides) -> PlanRecord:
+def record(fp="ab" * 32, free=gib(70), **overrides) -> MemoryProfile:
     components = Components(gib(16), gib(2), gib(0.5), gib(0.7))
     fields = dict(fingerprint=fp, device="NVIDIA H100 80GB HBM3", total_bytes=gib(79.1), free_at_start_bytes=free,
                   gpu_memory_utilization=0.9, requested_bytes=requested_bytes(0.9, gib(79.1)), components=components,
                   safety_bytes=gib(0.25), suggestions=suggest(gib(79.1), free, 0.9, components, gib(0.25)), seconds=4.2)
-    return PlanRecord(**{**fields, **overrides})
+    return MemoryProfile(**{**fields, **overrides})
 
 
 def test_log_line_gives_both_flags_ready_to_paste():
@@ -68,11 +68,11 @@ def test_log_line_never_advises_more_than_the_cap_and_says_it_is_capped():
 
 def test_record_round_trips_and_rejects_foreign_json():
     r = record()
-    assert PlanRecord.from_json(json.loads(json.dumps(r.to_json()))) == r
+    assert MemoryProfile.from_json(json.loads(json.dumps(r.to_json()))) == r
     for bad in ({}, {"schema": 99}, {**r.to_json(), "components": {"weights": 1}},
                 {**r.to_json(), "total_bytes": -1}, [1, 2]):
         with pytest.raises(ValueError):
-            PlanRecord.from_json(bad)
+            MemoryProfile.from_json(bad)
 
 
 def test_store_writes_atomically_and_reads_back(tmp_path):
