@@ -22,10 +22,6 @@ from service.plans import Plans, open_plans
 
 log = logging.getLogger(__name__)
 
-# Host memory is shared with everything else on the machine, and a zeroed cache of 90% of it takes minutes to
-# allocate: on the CPU the profiled size is a ceiling, this the default (as vLLM's CPU backend has one).
-CPU_KV_CACHE_BYTES = 4 << 30
-
 
 @contextmanager
 def timed(report: BootReport, phase: str):
@@ -102,14 +98,10 @@ def build_engine(config: EngineConfig, plans: Plans | None = None) -> tuple[LLME
             torch.cuda.empty_cache()  # what profiling cached would otherwise sit beside the KV cache
         layout = runner.layout
         kv_bytes = decision.kv_cache_memory_bytes
-        if kv_bytes > layout.useful_bytes:
-            kv_bytes = layout.useful_bytes
-            log.info("KV cache capped at %s: max_num_seqs=%d sequences of max_model_len=%d can use no more",
-                     format_bytes(kv_bytes), layout.max_num_seqs, layout.max_model_len)
-        if runner.device.type == "cpu" and decision.source != "flag" and kv_bytes > CPU_KV_CACHE_BYTES:
-            kv_bytes = CPU_KV_CACHE_BYTES
-            log.info("KV cache on the CPU limited to %s (set --kv-cache-memory-bytes for more)",
-                     format_bytes(kv_bytes))
+        ceiling, why = planner.kv_ceiling(layout, runner.device.type if decision.source != "flag" else "flag")
+        if kv_bytes > ceiling:
+            kv_bytes = ceiling
+            log.info("KV cache capped at %s: %s", format_bytes(kv_bytes), why)
         num_blocks = layout.num_blocks_for(kv_bytes)
         runner.allocate_kv_cache(num_blocks)
         engine = LLMEngine(config, runner)

@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
     from service.boot import load_and_fingerprint
     from service.plans import open_plans
     from service.plans.file import FilePlans
-    from service.memory.planner import plan_log_line, profile_record
+    from service.memory.planner import kv_ceiling, plan_log_line, profile_record
 
     try:
         config = engine_config_from_args(args)
@@ -43,6 +43,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record.to_json(), indent=2, sort_keys=True))
     else:
-        kv = min(record.suggestions.for_policy(config.kv_cache_policy), loaded.runner.layout.useful_bytes)
+        ceiling, _ = kv_ceiling(loaded.runner.layout, loaded.runner.device.type)
+        kv = min(record.suggestions.for_policy(config.kv_cache_policy), ceiling)
         print(plan_log_line(record, kv, loaded.runner))
     return 0

@@ -100,10 +100,12 @@ HOST_TOTALS = {"cgroup-v2": "the cgroup limit memory.max", "cgroup-v1": "the cgr
 
 @dataclass(frozen=True, slots=True)
 class KVCap:
-    """The most KV cache max_num_seqs sequences of max_model_len can fill (KVLayout.useful_bytes)."""
+    """The most KV cache a boot allocates: what max_num_seqs sequences of max_model_len can fill
+    (KVLayout.useful_bytes), or less where `reason` says why (planner.kv_ceiling)."""
     bytes: int
     max_num_seqs: int
     max_model_len: int
+    reason: str | None = None
 
 
 def advice(record: MemoryProfile, cap: KVCap | None, whole: str) -> str:
@@ -112,7 +114,8 @@ def advice(record: MemoryProfile, cap: KVCap | None, whole: str) -> str:
     if cap is None or max(fit, full) <= cap.bytes:
         return (f"Use --kv-cache-memory-bytes={fit} to fit the requested utilization, or "
                 f"--kv-cache-memory-bytes={full} to use {whole}.")
-    why = f"capped: max_num_seqs={cap.max_num_seqs} sequences of max_model_len={cap.max_model_len} can use no more"
+    why = "capped: " + (cap.reason or f"max_num_seqs={cap.max_num_seqs} sequences of max_model_len="
+                                      f"{cap.max_model_len} can use no more")
     if min(fit, full) >= cap.bytes:
         return (f"Use --kv-cache-memory-bytes={cap.bytes} ({why}; the requested utilization would allow {fit} "
                 f"bytes, {whole} {full}).")

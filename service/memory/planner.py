@@ -38,14 +38,28 @@ def safety_bytes(config: EngineConfig, device_type: str) -> int:
     return DEFAULT_SAFETY_BYTES.get(device_type, DEFAULT_SAFETY_BYTES["cuda"])
 
 
-def kv_cap(layout: KVLayout) -> KVCap:
-    return KVCap(layout.useful_bytes, layout.max_num_seqs, layout.max_model_len)
+# Host memory is shared with everything else on the machine, and a zeroed cache of 90% of it takes minutes to
+# allocate: on the CPU the profiled size is a ceiling and this the default (vLLM's CPU backend has one too).
+CPU_KV_CACHE_BYTES = 4 << 30
+
+
+def kv_ceiling(layout: KVLayout, device_type: str) -> tuple[int, str]:
+    """The most KV cache a boot allocates from a plan or a profile (the flag may ask for more on CPU), and why."""
+    if device_type == "cpu" and CPU_KV_CACHE_BYTES < layout.useful_bytes:
+        return CPU_KV_CACHE_BYTES, "the CPU default; set --kv-cache-memory-bytes for more"
+    return layout.useful_bytes, (f"max_num_seqs={layout.max_num_seqs} sequences of max_model_len="
+                                 f"{layout.max_model_len} can use no more")
+
+
+def kv_cap(layout: KVLayout, device_type: str) -> KVCap:
+    ceiling, why = kv_ceiling(layout, device_type)
+    return KVCap(ceiling, layout.max_num_seqs, layout.max_model_len, why if ceiling < layout.useful_bytes else None)
 
 
 def plan_log_line(record: MemoryProfile, kv_in_use: int, runner) -> str:
     """log_line for this runner: its cap, and on CPU what the host total is (cgroup limit or MemTotal)."""
     host_total = host_memory().source if runner.device.type != "cuda" else None
-    return log_line(record, kv_in_use, kv_cap(runner.layout), host_total)
+    return log_line(record, kv_in_use, kv_cap(runner.layout, runner.device.type), host_total)
 
 
 def check_kv_bytes(value: int, layout: KVLayout, free_after_weights: int) -> str | None:
@@ -60,7 +74,7 @@ def check_kv_bytes(value: int, layout: KVLayout, free_after_weights: int) -> str
 
 
 def stored_plan_problem(plan: StoredPlan, config: EngineConfig, layout: KVLayout, baseline: Snapshot,
-                        free_after_weights: int) -> str | None:
+                        free_after_weights: int, ceiling: int) -> str | None:
     """Why a stored plan does not apply to this boot, or None when it does."""
     kv, recorded_free = plan.kv_cache_memory_bytes, plan.free_at_start_bytes
     if not isinstance(kv, int) or not isinstance(recorded_free, int):
@@ -68,7 +82,7 @@ def stored_plan_problem(plan: StoredPlan, config: EngineConfig, layout: KVLayout
     if baseline.free < recorded_free - config.plan_free_tolerance_bytes:
         return (f"the {plan.source} plan was measured with {format_bytes(recorded_free)} free at start, now "
                 f"{format_bytes(baseline.free)} (tolerance {format_bytes(config.plan_free_tolerance_bytes)})")
-    problem = check_kv_bytes(min(kv, layout.useful_bytes), layout, free_after_weights)
+    problem = check_kv_bytes(min(kv, ceiling), layout, free_after_weights)
     return f"the {plan.source} plan fails its checks: {problem}" if problem else None
 
 
@@ -84,14 +98,16 @@ def decide(config: EngineConfig, runner, baseline: Snapshot, free_after_weights:
         return KVDecision(config.kv_cache_memory_bytes, "flag", None, "set by --kv-cache-memory-bytes")
 
     plan = lookup.plan
-    why_profile = stored_plan_problem(plan, config, layout, baseline, free_after_weights) if plan else lookup.reason
+    ceiling, _ = kv_ceiling(layout, runner.device.type)
+    why_profile = (stored_plan_problem(plan, config, layout, baseline, free_after_weights, ceiling) if plan
+                   else lookup.reason)
     if why_profile is None:
         return KVDecision(plan.kv_cache_memory_bytes, plan.source, plan.record,
                           f"stored {plan.source} plan for fingerprint {fp[:12]} ({lookup.reason})")
     log.info("profiling memory: %s", why_profile)
     record = profile_record(config, runner, baseline, weights, fp, lookup.earlier_ooms)
     kv = record.suggestions.for_policy(config.kv_cache_policy)
-    problem = check_kv_bytes(min(kv, layout.useful_bytes), layout, free_after_weights)
+    problem = check_kv_bytes(min(kv, ceiling), layout, free_after_weights)
     if problem:
         raise ConfigError(f"profiling suggests a {config.kv_cache_policy} KV cache of {kv} bytes, but {problem}; "
                           f"lower max_model_len or max_num_batched_tokens, or raise gpu_memory_utilization")

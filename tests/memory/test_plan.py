@@ -113,3 +113,20 @@ def test_fit_requested_never_counts_memory_that_was_not_free():
     components = Components(weights=gib(8), activation_peak=gib(2), non_torch=0, cudagraph=0)
     s = suggest(total=gib(80), free_at_start=gib(48), utilization=0.9, components=components, safety=0)
     assert s.fit_requested_bytes == s.full_bytes == gib(48) - gib(10)
+
+
+def test_the_cpu_kv_cache_defaults_to_a_ceiling_and_the_advice_says_why():
+    """SmolLM2's 8,192-token context times 64 sequences would be 24 GiB of zeroed host memory."""
+    import torch
+
+    from service.engine.kv_layout import KVLayout
+    from service.memory.planner import CPU_KV_CACHE_BYTES, kv_cap, kv_ceiling
+
+    layout = KVLayout(block_size=16, bytes_per_block=16 * 46080, max_blocks_per_seq=512, max_model_len=8192,
+                      max_num_seqs=64, num_layers=30, num_kv_heads=3, head_dim=64, dtype=torch.float32)
+    assert layout.useful_bytes > CPU_KV_CACHE_BYTES
+    assert kv_ceiling(layout, "cpu") == (CPU_KV_CACHE_BYTES, "the CPU default; set --kv-cache-memory-bytes for more")
+    assert kv_ceiling(layout, "cuda")[0] == kv_ceiling(layout, "flag")[0] == layout.useful_bytes
+    r = record()
+    line = log_line(r, CPU_KV_CACHE_BYTES, kv_cap(layout, "cpu"))
+    assert f"--kv-cache-memory-bytes={CPU_KV_CACHE_BYTES} (capped: the CPU default" in line
