@@ -60,7 +60,7 @@ def reply(stub, args: argparse.Namespace, messages: list[tuple[str, str]]) -> st
         texts.append(last.text)
         sys.stdout.write(for_terminal(last.text, sys.stdout))
         sys.stdout.flush()
-    print()
+    print(flush=True)
     if last.usage.max_tokens_capped_to:
         print(f"[max_tokens {args.max_tokens} is more than the context leaves after the "
               f"{last.usage.prompt_tokens}-token conversation: capped to {last.usage.max_tokens_capped_to}]",

@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
                 for message in stub.Generate(request, timeout=args.timeout):
                     print(for_terminal(message.text), end="", flush=True)
                     last = message
-                print()
+                print(flush=True)
             else:
                 last = stub.Complete(request, timeout=args.timeout)
                 print(for_terminal(last.text))
