@@ -61,7 +61,7 @@ async def measure(one, args) -> dict:
 async def in_process(args) -> dict:
     from service.boot import build_engine
     from service.engine.async_engine import AsyncEngine
-    from service.engine.sampling import SamplingParams
+    from service.engine.sampling_params import SamplingParams
     from service.commands.engine_args import add_engine_arguments, engine_config_from_args
 
     parser = argparse.ArgumentParser()

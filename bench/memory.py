@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import environment, write_json  # noqa: E402
 from service.boot import build_engine  # noqa: E402
 from service.config import EngineConfig  # noqa: E402
-from service.engine.sampling import SamplingParams  # noqa: E402
+from service.engine.sampling_params import SamplingParams  # noqa: E402
 from service.memory import snapshot  # noqa: E402
 
 CASES = [  # model, max_model_len: long enough that the KV cache is never capped below the `full` size

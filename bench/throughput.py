@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import environment, measure_copy_bandwidth_gb_s, write_json  # noqa: E402
 from service.boot import build_engine  # noqa: E402
 from service.config import EngineConfig  # noqa: E402
-from service.engine.sampling import SamplingParams  # noqa: E402
+from service.engine.sampling_params import SamplingParams  # noqa: E402
 
 WORKLOADS = {"A": dict(requests=256, prompt=512, output=256), "B": dict(requests=1, prompt=128, output=512)}
 

@@ -14,7 +14,7 @@ import pytest
 
 from service.cli import SUBCOMMANDS, build_parser, main
 from service.cli_text import escape_controls
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.commands.engine_args import engine_config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from service.config import EngineConfig
 from service.engine.block_manager import BlockManager
 from service.engine.model_runner import ModelRunner
 from service.engine.scheduler import ScheduledSeq
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.engine.sequence import Sequence
 from tests.hf_models import save_hf_model
 

@@ -136,7 +136,7 @@ def check_engine_kernels():
     mixed batches; greedy tokens equal the padded-SDPA reference path's."""
     from service.config import EngineConfig
     from service.engine.model_runner import ModelRunner
-    from service.engine.sampling import SamplingParams
+    from service.engine.sampling_params import SamplingParams
     from tests.engine.conftest import engine_over, run_to_completion
 
     def greedy(use_triton):

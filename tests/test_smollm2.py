@@ -10,7 +10,7 @@ import torch
 from service.config import EngineConfig
 from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.model.presets import preset_file
 from tests.engine.conftest import run_to_completion
 

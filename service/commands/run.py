@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def stream(engine, args, prompt_text: str) -> None:
     from service.engine.async_engine import AsyncEngine
-    from service.engine.sampling import SamplingParams
+    from service.engine.sampling_params import SamplingParams
 
     runner = AsyncEngine(engine)
     runner.start()

@@ -1,9 +1,9 @@
 """The sampling flags of `kvmemo generate` and `kvmemo run`: one name and one default each, the same defaults
-the server applies to a field a request leaves unset (service/engine/sampling.py)."""
+the server applies to a field a request leaves unset (service/engine/sampling_params.py)."""
 
 import argparse
 
-from service.engine.sampling import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+from service.engine.sampling_params import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed")
 

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 from service.engine.engine import LLMEngine
 from service.engine.outputs import RequestOutput
 from service import faults
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.errors import InvalidRequest
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from service.engine.block_manager import BlockManager
 from service.engine.detokenizer import Detokenizer
 from service.engine.model_runner import ModelRunner
 from service.engine.outputs import RequestOutput
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import SampledToken, Scheduler, ScheduledSeq
 from service.engine.sequence import Sequence
 from service.errors import ConfigError, InvalidRequest

@@ -9,7 +9,7 @@ from service.config import EngineConfig
 from service.engine.block_manager import NULL_BLOCK, BlockManager
 from service.engine.kv_layout import KVLayout
 from service.engine.sampler import SamplerOutput, SamplingBatch, sample
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import ScheduledSeq
 from service.engine.sequence import Sequence
 from service.model.attention import AttentionMetadata, GroupMetadata

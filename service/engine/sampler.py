@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 
 
 class Status(enum.Enum):

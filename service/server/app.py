@@ -22,7 +22,7 @@ from service.errors import ConfigError, ModelLoadError
 from service.memory.export import export_boot_metrics
 from service.config import EngineConfig
 from service.engine.async_engine import AsyncEngine
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
 from service.proto.kvmemo.v1 import kvmemo_pb2, kvmemo_pb2_grpc
 from service.server.kserve import KServeServicer

@@ -10,7 +10,7 @@ import grpc
 
 from service import metrics
 from service.engine.outputs import RequestOutput
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.errors import InvalidRequest
 from service.server.rejections import REJECTIONS
 from service.engine.engine import MAX_REQUEST_ID_CHARS

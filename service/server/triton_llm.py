@@ -10,7 +10,7 @@ Outputs: `text_output` BYTES [1]; on request `finish_reason` BYTES [1], `num_inp
 import json
 from dataclasses import dataclass
 
-from service.engine.sampling import DEFAULT_MAX_TOKENS, SamplingParams
+from service.engine.sampling_params import DEFAULT_MAX_TOKENS, SamplingParams
 from service.server.tensors import invalid
 
 # sampling field -> the Python types its JSON or tensor value may have (bool is no int here)

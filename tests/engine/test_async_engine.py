@@ -6,7 +6,7 @@ import time
 import pytest
 
 from service.engine.async_engine import AsyncEngine
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.errors import InvalidRequest
 from tests.engine.conftest import make_engine
 

@@ -3,7 +3,7 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from tests.engine.conftest import make_engine
 
 actions = st.lists(

@@ -13,7 +13,7 @@ import torch
 from service.config import EngineConfig
 from service.engine.block_manager import BlockManager
 from service.engine.model_runner import ModelRunner
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.engine.sequence import Sequence
 from service.errors import ModelLoadError
 from service.model.gguf import llama3_divisors, permute, unpermute

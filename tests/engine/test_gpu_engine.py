@@ -11,7 +11,7 @@ import torch
 from service.boot import build_engine
 from service.config import EngineConfig
 from service.engine.model_runner import ModelRunner
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import ScheduledSeq
 from service.engine.sequence import Sequence
 from service.engine.block_manager import BlockManager

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from service.config import EngineConfig
 from service.engine.model_runner import ModelRunner
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.errors import ModelLoadError
 from service.model.loader import load_model
 from tests.engine.conftest import engine_over, run_to_completion

@@ -6,7 +6,7 @@ import torch
 
 from service.config import EngineConfig
 from service.engine.model_runner import ModelRunner
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from tests.engine.conftest import engine_over, run_to_completion
 from tests.hf_models import save_hf_model
 

@@ -3,7 +3,7 @@
 import torch
 
 from service.engine.sampler import SamplingBatch, sample
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 
 LOGITS = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.07, 0.03]]))
 

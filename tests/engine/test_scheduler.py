@@ -4,7 +4,7 @@ import pytest
 
 from service.engine.block_manager import BlockManager
 from service.engine.sampler import SamplerOutput
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import Scheduler
 from service.engine.sequence import Sequence
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.errors import ConfigError, InvalidRequest
 from tests.engine.conftest import make_engine, run_to_completion
 

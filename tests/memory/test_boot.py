@@ -11,7 +11,7 @@ import torch
 
 from service.boot import build_engine
 from service.config import EngineConfig
-from service.engine.sampling import SamplingParams
+from service.engine.sampling_params import SamplingParams
 from service.errors import ConfigError
 from service.plans.file import FilePlans
 from service.server.state import Limits, ServerState
