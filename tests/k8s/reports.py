@@ -23,10 +23,11 @@ def record(fp="abcdef012345", total=80 * GiB, free=79 * GiB, utilization=0.9, we
     }
 
 
-def report(pods=("pod-a",), age: timedelta = timedelta(0), **kwargs) -> dict:
+def report(pods=("pod-a",), age: timedelta = timedelta(0), at: datetime | None = None, **kwargs) -> dict:
+    """at: the clock the report was written by (default: now)."""
     r = record(**kwargs)
     r.update(schema=REPORT_SCHEMA, pods=list(pods),
-             updated_at=now_rfc3339(datetime.now(timezone.utc) - age))
+             updated_at=now_rfc3339((at or datetime.now(timezone.utc)) - age))
     return r
 
 

@@ -8,11 +8,18 @@ import pytest
 from controller.reconcile import Settings, reconcile
 from service.contract.records import Rejected, parse_report
 from service.contract.keys import now_rfc3339
-from tests.k8s.reports import GiB, configmap, record, report
+from tests.k8s import reports
+from tests.k8s.reports import GiB, configmap, record
 
 FP = "abcdef012345"
 RKEY, OKEY, PKEY = f"kvmemo.io/report.{FP}", f"kvmemo.io/oom.{FP}", f"kv-cache-plan.{FP}"
 NOW = datetime.now(timezone.utc)
+
+
+def report(**kwargs) -> dict:
+    """Written by the module's one clock, NOW: reconcile() judges each report's age against the `now` it is
+    given, and a suite may run for longer than the 10 minutes of clock skew allowed."""
+    return reports.report(at=NOW, **kwargs)
 
 
 def applied(cm: dict, patch: dict | None) -> dict:

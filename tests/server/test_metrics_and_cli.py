@@ -97,7 +97,7 @@ def test_engine_flags_fall_back_to_the_environment(monkeypatch):
     monkeypatch.setenv("KVMEMO_MAX_NUM_SEQS", "7")
     monkeypatch.setenv("KVMEMO_ENFORCE_EAGER", "true")
     config = engine_config_from_args(parse(["--max-model-len", "128"]))
-    assert (config.max_num_seqs, config.enforce_eager, config.max_model_len, config.model) == (7, True, 128, "tiny")
+    assert (config.max_num_seqs, config.enforce_eager, config.max_model_len, config.model) == (7, True, 128, "smollm2-135m-instruct")
     assert engine_config_from_args(parse(["--max-num-seqs", "3"])).max_num_seqs == 3  # the flag wins
     monkeypatch.setenv("KVMEMO_BLOCK_SIZE", "sixteen")
     with pytest.raises(ConfigError, match="KVMEMO_BLOCK_SIZE='sixteen'"):
