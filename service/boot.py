@@ -15,7 +15,7 @@ from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner, resolve_device
 from service.memory import planner, snapshot
 from service.memory.fingerprint import fingerprint, fingerprint_fields
-from service.memory.plan import format_bytes
+from service.memory.memory_profile import format_bytes
 from service.memory.profiler import dummy_prompt_lens
 from service.memory.report import BootReport
 from service.plans import Plans, open_plans

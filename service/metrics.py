@@ -2,7 +2,11 @@
 `model_name`. The serving metrics are updated by the gRPC server; the memory metrics by the memory
 profiler and boot. prometheus_client adds `_total` to counter names itself."""
 
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("kvmemo.server")
 
 M = "model_name"
 
@@ -52,6 +56,12 @@ startup_phase_seconds = Gauge("kvmemo_startup_phase_seconds",
 oom = Counter("kvmemo_oom", "Device out-of-memory errors while serving", [M])
 
 
-def serve(port: int, host: str = "") -> None:
-    """Serves /metrics on its own HTTP port from a daemon thread."""
-    start_http_server(port, addr=host or "0.0.0.0")
+def serve(port: int, host: str = "") -> bool:
+    """Serves /metrics on its own HTTP port from a daemon thread; False when it cannot listen there."""
+    try:
+        start_http_server(port, addr=host or "0.0.0.0")
+    except OSError as e:
+        log.error("cannot serve metrics on %s:%d: %s (in use, or not an address of this machine)", host, port,
+                  e.strerror or e)
+        return False
+    return True

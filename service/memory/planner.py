@@ -9,7 +9,7 @@ from service.engine.kv_layout import KVLayout
 from service.errors import ConfigError
 from service.memory import profiler
 from service.memory.host import host_memory
-from service.memory.plan import KVCap, MiB, MemoryProfile, format_bytes, log_line, requested_bytes, suggest
+from service.memory.memory_profile import KVCap, MiB, MemoryProfile, format_bytes, log_line, requested_bytes, suggest
 from service.memory.snapshot import Snapshot
 from service.plans.store import Lookup, StoredPlan
 

@@ -12,7 +12,7 @@ from service.config import EngineConfig
 from service.engine.kv_layout import KVLayout
 from service.memory import snapshot
 from service.memory.host import process_rss, reset_peak_rss
-from service.memory.plan import Components, MiB, format_bytes
+from service.memory.memory_profile import Components, MiB, format_bytes
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from service.memory.plan import MemoryProfile
+from service.memory.memory_profile import MemoryProfile
 
 if TYPE_CHECKING:
     from service.memory.snapshot import Snapshot

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from service.contract.keys import plan_key
-from service.memory.plan import MemoryProfile
+from service.memory.memory_profile import MemoryProfile
 from service.memory.report import BootReport
 from service.plans.store import Lookup, StoredPlan
 from service.publish.configmap import ConfigMapStore

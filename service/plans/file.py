@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from service.memory.plan import MemoryProfile, format_bytes
+from service.memory.memory_profile import MemoryProfile, format_bytes
 from service.memory.report import BootReport
 from service.plans.store import Lookup, StoredPlan
 

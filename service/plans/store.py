@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from service.config import EngineConfig
-from service.memory.plan import MemoryProfile
+from service.memory.memory_profile import MemoryProfile
 from service.memory.report import BootReport
 
 

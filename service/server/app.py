@@ -131,7 +131,9 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
         log.error("cannot listen on %s (in use, or not an address of this machine)", address)
         return 1
     await server.start()
-    metrics.serve(options.metrics_port, options.host)
+    if not metrics.serve(options.metrics_port, options.host):
+        await server.stop(grace=None)
+        return 1
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

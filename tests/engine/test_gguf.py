@@ -21,6 +21,7 @@ from service.model.llama import rope_inv_freq
 from service.model.loader import load_model
 from tests.gguf_models import SHAPE, save_as_hf_dir, write_gguf
 from tests.test_hf_equivalence import run_step
+from tests.ports import free_port
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"]
 
@@ -136,7 +137,9 @@ def test_every_bad_file_is_one_model_load_error_naming_it(tmp_path):
 def test_kvmemo_serve_with_a_bad_gguf_exits_2(tmp_path):
     bad_files(tmp_path)
     result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--model", str(tmp_path / "iq4.gguf"),
-                             "--device", "cpu", "--plan-dir", str(tmp_path)], capture_output=True, text=True,
+                             "--device", "cpu", "--plan-dir", str(tmp_path), "--host", "127.0.0.1",
+                             "--port", str(free_port()), "--metrics-port", str(free_port())],
+                            capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2, result.stderr
     assert "unsupported GGUF tensor type IQ4_NL" in result.stderr

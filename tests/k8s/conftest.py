@@ -78,7 +78,7 @@ def admission_policy(control_plane, admin):
         except ApiException as exc:
             return exc.status in (403, 422) and "kvmemo" in (exc.body or "")
 
-    wait_for(denied, timeout=30, interval=0.2, what="the ValidatingAdmissionPolicy enforcing")
+    wait_for(denied, interval=0.2, what="the ValidatingAdmissionPolicy enforcing")
     as_pod.close()
 
 
@@ -111,7 +111,7 @@ class Controllers:
         log = self.tmp_path / f"controller-{len(self.procs)}.log"
         proc = start_controller(self.kubeconfig, self.namespace, port, log, *extra, env=env)
         self.procs.append((proc, port))
-        wait_for(lambda: ready(port) or proc.poll() is not None, timeout=30, what=f"controller on :{port} ready")
+        wait_for(lambda: ready(port) or proc.poll() is not None, what=f"controller on :{port} ready")
         return proc, port
 
     def log(self, index: int = 0) -> str:

@@ -53,7 +53,8 @@ def annotate(api: client.ApiClient, namespace: str, annotations: dict, name: str
                                                       _content_type="application/merge-patch+json")
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.05, what: str = "condition"):
+    """Until predicate() is truthy. The timeout only bounds a failing test: a loaded machine may take long."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -35,7 +35,7 @@ def test_report_becomes_plan(admin, namespace, controllers):
     wait_for(lambda: metric(port, "kvmemo_controller_plan_bytes", fingerprint=FP) == written["kv_cache_memory_bytes"],
              what="the plan gauge")
     assert metric(port, "kvmemo_controller_is_leader") == 1
-    assert metric(port, "kvmemo_controller_reconcile_total", result="written") == 1
+    wait_for(lambda: metric(port, "kvmemo_controller_reconcile_total", result="written") == 1, what="the write counted")
     wait_for(lambda: any(e.reason == "PlanWritten" and FP in e.message for e in events(admin, namespace)),
              what="a PlanWritten Event")
     for path in ("/healthz", "/readyz"):
@@ -91,7 +91,7 @@ def test_plans_pruned_after_ttl(admin, namespace, controllers):
         cm = get_configmap(admin, namespace)
         keys = set(cm.get("data") or {}) | set(cm["metadata"].get("annotations") or {})
         return not any(FP in k for k in keys)
-    wait_for(gone, timeout=15, what="plan and report pruned")
+    wait_for(gone, what="plan and report pruned")
     wait_for(lambda: any(e.reason == "PlanPruned" for e in events(admin, namespace)), what="a PlanPruned Event")
 
 
@@ -123,13 +123,15 @@ def test_two_controllers_one_leader_standby_takes_over(admin, namespace, control
 
     annotate(admin, namespace, {f"kvmemo.io/report.{FP}": report()})
     wait_for(lambda: plan(admin, namespace), what="the plan")
-    assert metric(leader_port, "kvmemo_controller_reconcile_total", result="written") == 1
+    # The metric counts the write once its PATCH has returned, which may be after the plan is visible.
+    wait_for(lambda: metric(leader_port, "kvmemo_controller_reconcile_total", result="written") == 1,
+             what="the leader counting its write")
     assert metric(standby_port, "kvmemo_controller_reconcile_total", result="written") == 0
     assert metric(standby_port, "kvmemo_controller_is_leader") == 0
 
     leader.send_signal(signal.SIGKILL)  # no release: the standby must wait the lease out
     leader.wait()
-    wait_for(lambda: metric(standby_port, "kvmemo_controller_is_leader") == 1, timeout=15, what="takeover")
+    wait_for(lambda: metric(standby_port, "kvmemo_controller_is_leader") == 1, what="takeover")
     other = "0123456789ab"
     annotate(admin, namespace, {f"kvmemo.io/report.{other}": report(fp=other, weights=20 * GiB)})
     wait_for(lambda: plan(admin, namespace, other), what="a plan from the new leader")

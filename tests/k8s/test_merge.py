@@ -44,7 +44,7 @@ def test_oom_counts_up_and_keeps_smallest():
 def test_profiler_record_passes_the_controller():
     """The contract end to end in pure code: what the profiler records, the controller accepts."""
     from service.contract.records import parse_report
-    from service.memory.plan import Components, MemoryProfile, requested_bytes, suggest
+    from service.memory.memory_profile import Components, MemoryProfile, requested_bytes, suggest
 
     components = Components(weights=16 * GiB, activation_peak=3 * GiB, non_torch=GiB // 3, cudagraph=GiB // 5)
     total, free, safety = 80 * GiB, 79 * GiB, GiB // 4

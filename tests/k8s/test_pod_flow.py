@@ -4,7 +4,7 @@ controller and the pod's own service-account token: profile → report → plan 
 import pytest
 
 from service.config import EngineConfig
-from service.memory.plan import Components, MemoryProfile, requested_bytes, suggest
+from service.memory.memory_profile import Components, MemoryProfile, requested_bytes, suggest
 from service.memory.report import BootReport
 from service.plans.configmap import ConfigMapPlans
 from tests.k8s.kube import wait_for

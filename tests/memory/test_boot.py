@@ -139,7 +139,7 @@ def test_kvmemo_profile_writes_no_plan_without_save(tmp_path):
 
 def test_the_cpu_boot_line_speaks_of_host_memory_and_advises_no_more_than_the_cap(tmp_path, caplog):
     from service.memory.host import host_memory
-    from service.memory.plan import HOST_TOTALS
+    from service.memory.memory_profile import HOST_TOTALS
 
     report = boot(tmp_path, caplog)
     line = next(r.getMessage() for r in caplog.records if "--kv-cache-memory-bytes=" in r.getMessage())

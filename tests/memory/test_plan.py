@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from service.memory.plan import GiB, Components, KVCap, MemoryProfile, log_line, requested_bytes, suggest
+from service.memory.memory_profile import GiB, Components, KVCap, MemoryProfile, log_line, requested_bytes, suggest
 from service.plans.file import FilePlans
 
 

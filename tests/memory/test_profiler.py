@@ -4,7 +4,7 @@ batch runs with only that much memory free. The GPU run of the same code is in t
 import logging
 
 from service.memory import profiler
-from service.memory.plan import MiB
+from service.memory.memory_profile import MiB
 
 
 def test_the_peak_stands_when_every_batch_runs_within_it(monkeypatch):

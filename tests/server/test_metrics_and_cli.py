@@ -1,7 +1,9 @@
 """Prometheus metrics on their own port, `kvmemo generate`, and the pieces testable without a server."""
 
 import argparse
+import os
 import re
+import socket
 import subprocess
 import urllib.request
 
@@ -12,6 +14,7 @@ from service.engine.engine import EngineStats
 from service.commands.engine_args import add_engine_arguments, engine_config_from_args
 from service.errors import ConfigError
 from service.server.state import Limits, RequestError, ServerState
+from tests.ports import free_port
 from tests.server.conftest import kvmemo_command
 
 SERVING = ["kvmemo_requests_running", "kvmemo_requests_waiting", "kvmemo_time_to_first_token_seconds_count",
@@ -102,3 +105,16 @@ def test_engine_flags_fall_back_to_the_environment(monkeypatch):
     monkeypatch.setenv("KVMEMO_BLOCK_SIZE", "sixteen")
     with pytest.raises(ConfigError, match="KVMEMO_BLOCK_SIZE='sixteen'"):
         engine_config_from_args(parse([]))
+
+
+def test_a_metrics_port_in_use_ends_the_boot_with_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run([*kvmemo_command(), "serve", "--model", "tiny", "--host", "127.0.0.1",
+                                 "--port", str(free_port()), "--metrics-port", str(port)],
+                                capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
