@@ -15,7 +15,8 @@ def test_a_warm_up_oom_is_recorded_once(tmp_path):
                           env={"KVMEMO_FAULTS": "oom_in_warm_up=1"})
     try:
         with server.channel() as channel:
-            reply = pb_grpc.KvmemoServiceStub(channel).Complete(pb.GenerateRequest(text="Hi", max_tokens=4))
+            reply = pb_grpc.KvmemoServiceStub(channel).Complete(pb.GenerateRequest(
+                text="Hi", max_tokens=4, stop=pb.StopConditions(ignore_eos=True)))
         assert len(reply.token_ids) == 4  # it serves
         page = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30).read().decode()
         assert 'kvmemo_oom_total{model_name="tiny"} 1.0' in page
