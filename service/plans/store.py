@@ -57,12 +57,13 @@ class NoPlans:
 
 
 def open_plans(config: EngineConfig) -> Plans:
-    from service.plans.configmap import ConfigMapPlans
     from service.plans.file import FilePlans
 
     if config.plan_store == "none":
         return NoPlans("plan_store=none")
     if config.configmap_name and config.plan_store in ("auto", "configmap"):
+        from service.plans.configmap import ConfigMapPlans  # the kubernetes client, only where it is used
+
         return ConfigMapPlans.for_config(config) or NoPlans(f"ConfigMap {config.configmap_name} is unusable")
     if config.plan_store == "configmap":
         return NoPlans("plan_store=configmap, but no ConfigMap is named (--configmap)")
