@@ -3,17 +3,19 @@ the process's environment, read once at import. Production never sets it; an unk
 
 - step_delay_seconds=S: sleep S before every engine step, so that a test can hold a request mid-stream for
   as long as it needs (a deadline, a cancel, a drain) whatever the machine's speed.
-- oom_in_warm_up=1: the boot's warm-up batch runs out of device memory, as on a GPU whose plan was too large."""
+- oom_in_warm_up=1: the boot's warm-up batch runs out of device memory, as on a GPU whose plan was too large.
+- boot_gate=PATH: the server listens (health NOT_SERVING) and waits for PATH to exist before it boots the
+  engine, so that a test can watch the state before the engine is warm however fast the machine boots."""
 
 import os
 import time
 
 from service.errors import ConfigError
 
-KNOWN = {"step_delay_seconds": float, "oom_in_warm_up": int}
+KNOWN = {"step_delay_seconds": float, "oom_in_warm_up": int, "boot_gate": str}
 
 
-def parse(text: str) -> dict[str, float]:
+def parse(text: str) -> dict[str, float | int | str]:
     faults = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = item.partition("=")
@@ -31,6 +33,12 @@ ACTIVE = parse(os.environ.get("KVMEMO_FAULTS", ""))
 
 def oom_in_warm_up() -> bool:
     return bool(ACTIVE.get("oom_in_warm_up"))
+
+
+def before_boot() -> None:
+    gate = ACTIVE.get("boot_gate")
+    while gate and not os.path.exists(gate):
+        time.sleep(0.05)
 
 
 def before_step() -> None:

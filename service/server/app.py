@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from service import metrics
+from service import faults, metrics
 from service.boot import build_engine
 from service.memory.report import BootReport
 from service.plans import Plans, open_plans
@@ -76,6 +76,7 @@ async def boot_in_background(config: EngineConfig, plans: Plans, stop: asyncio.E
 
     def run():
         try:
+            faults.before_boot()
             result = build_engine(config, plans)
         except BaseException as e:  # handed to the event loop, which reports it
             loop.call_soon_threadsafe(lambda e=e: booted.done() or booted.set_exception(e))

@@ -54,8 +54,8 @@ def health_status(channel: grpc.Channel, service: str = "", timeout: float = 2.0
     return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
 
 
-def start_server(log_dir: Path, *extra: str, env: dict | None = None) -> Server:
-    port, metrics_port = free_port(), free_port()
+def start_server(log_dir: Path, *extra: str, env: dict | None = None, port: int | None = None) -> Server:
+    port, metrics_port = port or free_port(), free_port()
     log_path = log_dir / f"kvmemo-serve-{port}.log"
     cmd = [*kvmemo_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port",
            str(metrics_port), "--model", "tiny", *extra]

@@ -2,11 +2,15 @@
 
 import json
 import subprocess
+import threading
+import time
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.server.conftest import health_status
+from tests.ports import free_port
+from tests.server.conftest import health_status, start_server
 from tests.tools import grpcurl
 
 SERVICES = ("", "kvmemo.v1.KvmemoService", "inference.GRPCInferenceService")
@@ -17,10 +21,29 @@ def test_health_is_serving_for_the_server_and_each_service(channel, service):
     assert health_status(channel, service) == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_health_was_not_serving_until_the_engine_was_warm(server):
-    # The server listens before it boots the engine; the fixture polled health from the first moment.
-    assert server.statuses_seen[0] == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert server.statuses_seen[-1] == health_pb2.HealthCheckResponse.SERVING
+def test_health_was_not_serving_until_the_engine_was_warm(tmp_path):
+    """The server listens before it boots the engine. Its boot waits at a gate (service/faults.py) that opens
+    only once health has been seen NOT_SERVING, so the test never races a fast boot."""
+    gate, seen = tmp_path / "boot-gate", []
+
+    def open_gate_once_not_serving(address: str):
+        with grpc.insecure_channel(address) as channel:
+            while not seen:
+                try:
+                    seen.append(health_status(channel, timeout=30))
+                except grpc.RpcError:
+                    time.sleep(0.05)  # not listening yet
+        gate.touch()
+
+    port = free_port()
+    opener = threading.Thread(target=open_gate_once_not_serving, args=(f"127.0.0.1:{port}",), daemon=True)
+    opener.start()
+    server = start_server(tmp_path, "--max-model-len", "256", port=port, env={"KVMEMO_FAULTS": f"boot_gate={gate}"})
+    try:
+        assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING]
+        assert server.statuses_seen[-1] == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert server.stop() == 0
 
 
 def test_health_of_an_unknown_service_is_not_found(channel):
