@@ -140,12 +140,15 @@ def burst(plane, admin, tmp: Path, reports: int, name: str = "burst", pods: int 
         for rec in recs:
             fp = rec["fingerprint"][:12]
             lowest[fp] = min(lowest.get(fp, 1 << 62), rec["suggestions"]["fit_requested_bytes"])
-        def write(store: ConfigMapStore, rec: dict) -> None:
-            while True:  # as the Publisher does: 10 pods at once can run a store out of its 409 retries
+        def write(store: ConfigMapStore, rec: dict, attempts: int = 100) -> None:
+            # As the Publisher does: 10 pods at once can run a store out of its 409 retries. Bounded, so that
+            # a persistent error ends the bench instead of spinning.
+            for attempt in range(attempts):
                 try:
                     return store.merge_report(rec)
                 except PublishError:
-                    pass
+                    if attempt == attempts - 1:
+                        raise
 
         threads = [threading.Thread(target=lambda i: [write(stores[i], r) for r in recs[i::pods]], args=(i,))
                    for i in range(pods)]
