@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.progress import say
+from tests.progress import TERMINAL, say
 
 _LOCK = Path("/var/lock/kvmemo-apt.lock")
 
@@ -35,7 +35,7 @@ def ensure_packages(*packages: str) -> None:
         missing = [p for p in packages if not installed(p)]
         if not missing:
             return
-        say(f"apt-get install {' '.join(missing)}")
+        say(TERMINAL, f"apt-get install {' '.join(missing)}")
         env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         for command in (["apt-get", "update", "-q"],
                         ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
