@@ -5,14 +5,16 @@ the process's environment, read once at import. Production never sets it; an unk
   as long as it needs (a deadline, a cancel, a drain) whatever the machine's speed.
 - oom_in_warm_up=1: the boot's warm-up batch runs out of device memory, as on a GPU whose plan was too large.
 - boot_gate=PATH: the server listens (health NOT_SERVING) and waits for PATH to exist before it boots the
-  engine, so that a test can watch the state before the engine is warm however fast the machine boots."""
+  engine, so that a test can watch the state before the engine is warm however fast the machine boots.
+- step_failure_gate=PATH: once PATH exists, every engine step raises, as on a GPU with a persistent CUDA error
+  (the test creates PATH after the boot's warm-up, so the server first reaches SERVING)."""
 
 import os
 import time
 
 from service.errors import ConfigError
 
-KNOWN = {"step_delay_seconds": float, "oom_in_warm_up": int, "boot_gate": str}
+KNOWN = {"step_delay_seconds": float, "oom_in_warm_up": int, "boot_gate": str, "step_failure_gate": str}
 
 
 def parse(text: str) -> dict[str, float | int | str]:
@@ -45,3 +47,6 @@ def before_step() -> None:
     delay = ACTIVE.get("step_delay_seconds")
     if delay:
         time.sleep(delay)
+    gate = ACTIVE.get("step_failure_gate")
+    if gate and os.path.exists(gate):
+        raise RuntimeError("injected step failure (KVMEMO_FAULTS step_failure_gate)")

@@ -16,6 +16,7 @@ from service.cli import SUBCOMMANDS, build_parser, main
 from service.cli_text import escape_controls
 from service.engine.sampling_params import SamplingParams
 from service.commands.engine_args import engine_config_from_args
+from service.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +68,19 @@ def test_seed_is_the_sampling_seed_and_the_weights_have_their_own(monkeypatch):
     assert engine_config_from_args(subparser("serve").parse_args([])).weights_seed == 9
     with pytest.raises(SystemExit):
         subparser("run").parse_args(["hi", "--sampling-seed", "5"])
+
+
+def test_a_kubernetes_service_link_in_the_env_is_not_a_setting(monkeypatch):
+    """A Service named kvmemo injects KVMEMO_PORT=tcp://<ip>:<port> into pods that keep service links on;
+    --port's env fallback ignores it rather than failing on it. A real bad value still fails."""
+    from service.commands.serve import server_value
+
+    monkeypatch.setenv("KVMEMO_PORT", "tcp://10.96.0.12:50051")
+    assert server_value(subparser("serve").parse_args([]), "port") == 50051
+    assert server_value(subparser("serve").parse_args(["--port", "6000"]), "port") == 6000
+    monkeypatch.setenv("KVMEMO_PORT", "fifty")
+    with pytest.raises(ConfigError, match="KVMEMO_PORT='fifty' is not a valid int"):
+        server_value(subparser("serve").parse_args([]), "port")
 
 
 def test_run_generate_and_the_server_share_their_sampling_defaults():

@@ -3,7 +3,9 @@ Each flag falls back to the environment variable KVMEMO_<FLAG> (e.g. KVMEMO_MAX_
 EngineConfig's default: flags > env > defaults."""
 
 import argparse
+import logging
 import os
+import re
 from dataclasses import dataclass
 
 from service.config import EngineConfig
@@ -58,6 +60,9 @@ ENGINE_FLAGS = (
 )
 
 
+SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://[^/\s]+:[0-9]+")
+
+
 def env_name(name: str) -> str:
     return "KVMEMO_" + name.upper()
 
@@ -66,6 +71,13 @@ def env_default(name: str, kind: type, default):
     """The value of KVMEMO_<NAME> converted to `kind`, or `default` when unset."""
     raw = os.environ.get(env_name(name))
     if raw is None or raw == "":
+        return default
+    if SERVICE_LINK.fullmatch(raw):
+        # Kubernetes injects <SERVICE>_PORT=tcp://10.0.0.1:50051 for a Service named after us (kvmemo):
+        # that is not a setting of ours.
+        logging.getLogger("kvmemo.config").warning(
+            "ignoring %s=%s: it is a Kubernetes Service link, not a setting (set enableServiceLinks: false)",
+            env_name(name), raw[:60])
         return default
     try:
         if kind is bool:

@@ -24,6 +24,8 @@ SERVER_FLAGS = [
     ("max_waiting_requests", int, 256, "requests waiting for the engine; more get RESOURCE_EXHAUSTED"),
     ("max_message_bytes", int, 4 << 20, "largest gRPC message received or sent"),
     ("drain_grace_seconds", float, 30.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish"),
+    ("max_consecutive_step_failures", int, 3, "after this many failed engine steps in a row, health turns "
+     "NOT_SERVING for good (liveness fails and the kubelet restarts the pod)"),
 ]
 
 
@@ -57,10 +59,14 @@ def main(args: argparse.Namespace) -> int:
         grace = server_value(args, "drain_grace_seconds")
         if grace < 0:
             raise ConfigError(f"drain_grace_seconds must be >= 0, got {grace}")
+        failures = server_value(args, "max_consecutive_step_failures")
+        if failures < 1:
+            raise ConfigError(f"max_consecutive_step_failures must be >= 1, got {failures}")
+        options = ServeOptions(model_name=server_value(args, "served_model_name") or Path(config.model).name,
+                               host=server_value(args, "host"), port=server_value(args, "port"),
+                               metrics_port=server_value(args, "metrics_port"), drain_grace_seconds=grace,
+                               limits=limits, max_consecutive_step_failures=failures)
     except ConfigError as e:
         logging.getLogger("kvmemo.server").error("%s", e)
         return 2
-    options = ServeOptions(model_name=server_value(args, "served_model_name") or Path(config.model).name,
-                           host=server_value(args, "host"), port=server_value(args, "port"),
-                           metrics_port=server_value(args, "metrics_port"), drain_grace_seconds=grace, limits=limits)
     return asyncio.run(serve(config, options))

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, max_consecutive_failures: int = 3):
         self.engine = engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -28,6 +28,11 @@ class AsyncEngine:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="kvmemo-engine", daemon=True)
         self.on_step = None  # optional callback(engine_stats, outputs), called on the engine thread
+        # After this many failed steps in a row (a persistent CUDA error, say) the engine counts as broken:
+        # on_broken(message) is called once, on the engine thread, and the server stops serving.
+        self.max_consecutive_failures = max_consecutive_failures
+        self.consecutive_failures = 0
+        self.on_broken = None
 
     @property
     def num_requests(self) -> int:
@@ -36,10 +41,12 @@ class AsyncEngine:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Waits up to `timeout` for the current step to end; the thread is a daemon, so a step that hangs
+        (a wedged GPU) does not keep the process alive."""
         self._stopping = True
         self._wake.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=timeout)
 
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
@@ -82,12 +89,14 @@ class AsyncEngine:
                 self._wake.wait()
                 self._wake.clear()
                 continue
-            faults.before_step()
             try:
+                faults.before_step()
                 outputs = self.engine.step()
-            except Exception as e:  # a bug must not take the service down: fail what was running
+                self.consecutive_failures = 0
+            except Exception as e:  # one bad step must not take the service down: fail what was running
                 log.exception("engine step failed; ending the running requests with an error")
                 outputs = [self._fail(rid, e) for rid in list(self.engine.sequences)]
+                self._count_failure(e)
             if self.on_step is not None:
                 self.on_step(self.engine.stats(), outputs)
             self._deliver(outputs)
@@ -108,6 +117,11 @@ class AsyncEngine:
                     self._deliver([e], request_id)
             else:
                 self.engine.abort(command[1])
+
+    def _count_failure(self, error: Exception) -> None:
+        self.consecutive_failures += 1
+        if self.consecutive_failures == self.max_consecutive_failures and self.on_broken is not None:
+            self.on_broken(f"{self.consecutive_failures} engine steps failed in a row (the last: {str(error)[:200]})")
 
     def _fail(self, request_id: str, error: Exception) -> RequestOutput:
         out = self.engine.abort(request_id)

@@ -2,10 +2,13 @@
 decode batches) and samples. The runner owns the KV cache and the CUDA graphs: it computes their layout
 once, and allocates, frees and captures them only through its own methods."""
 
+import os
+
 import numpy as np
 import torch
 
 from service.config import EngineConfig
+from service.errors import ConfigError
 from service.engine.block_manager import NULL_BLOCK, BlockManager
 from service.engine.kv_layout import KVLayout
 from service.engine.sampler import SamplerOutput, SamplingBatch, sample
@@ -19,10 +22,33 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def resolve_device(name: str) -> torch.device:
-    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    """auto: cuda when there is one, else cpu. An explicit cuda never falls back: a pod that holds a GPU must
+    not serve on its CPU (a container runtime without the GPU hooks looks exactly like that)."""
+    try:
+        device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    except RuntimeError:
+        raise ConfigError(f"device={name[:40]!r} (--device / KVMEMO_DEVICE) is not auto, cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        require_cuda(name, device)
     if device.type == "cuda" and device.index is None:  # an explicit index, so set_device and friends accept it
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def require_cuda(name: str, device: torch.device) -> None:
+    """Raises ConfigError saying what was found when `device` cannot be used."""
+    if torch.version.cuda is None:
+        found = f"this torch ({torch.__version__}) is built without CUDA"
+    elif not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        found = ("no CUDA device is visible (is the pod's runtime the NVIDIA one? see runtimeClassName"
+                 + (f"; CUDA_VISIBLE_DEVICES={visible[:40]!r}" if visible is not None else "") + ")")
+    elif device.index is not None and device.index >= torch.cuda.device_count():
+        found = f"only {torch.cuda.device_count()} CUDA device(s) are visible"
+    else:
+        return
+    raise ConfigError(f"device={name} (--device / KVMEMO_DEVICE) needs CUDA, but {found}; "
+                      "use --device=auto or cpu to run on the CPU")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -35,6 +35,7 @@ log = logging.getLogger("kvmemo.server")
 KVMEMO_SERVICE = kvmemo_pb2.DESCRIPTOR.services_by_name["KvmemoService"].full_name
 KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_NAMES = ("", KVMEMO_SERVICE, KSERVE_SERVICE)
+ENGINE_STOP_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -45,6 +46,7 @@ class ServeOptions:
     metrics_port: int = 8000
     drain_grace_seconds: float = 30.0
     limits: Limits | None = None  # None: Limits()
+    max_consecutive_step_failures: int = 3
 
 
 def build_server(state: ServerState, health_servicer) -> grpc.aio.Server:
@@ -110,15 +112,29 @@ async def warm_up_request(engine: AsyncEngine) -> None:
 
 
 async def drain(state: ServerState, server: grpc.aio.Server, health_servicer, grace: float) -> None:
+    """stop(grace) sends GOAWAY on every connection at once and closes the listener: clients send their next
+    RPC to another replica (or reconnect) while the streams in flight get up to `grace` to finish. Once no
+    generation is in flight, a second stop(None) ends what is left (health Watch streams, which would
+    otherwise hold the drain for the whole grace period)."""
     state.draining = True
     await health_servicer.enter_graceful_shutdown()
-    log.info("draining: %d requests in flight, grace %.1f s", state.in_flight, grace)
-    deadline = time.monotonic() + grace
-    while state.in_flight > 0 and time.monotonic() < deadline:
+    log.info("draining: GOAWAY sent, %d requests in flight, grace %.1f s", state.in_flight, grace)
+    stopping = asyncio.ensure_future(server.stop(grace=grace))
+    while state.in_flight > 0 and not stopping.done():
         await asyncio.sleep(0.05)
     if state.in_flight:
-        log.warning("grace period over; cancelling %d requests still in flight", state.in_flight)
-    await server.stop(grace=1.0)
+        log.warning("grace period over; cancelled %d requests still in flight", state.in_flight)
+    await server.stop(grace=None)
+    await stopping
+
+
+async def stop_serving(state: ServerState, health_servicer, why: str) -> None:
+    """Health NOT_SERVING for good: readiness takes the pod out of the Service and liveness fails, so the
+    kubelet restarts it (a restart is what clears a persistent device error)."""
+    state.broken = why
+    log.error("not serving any more: %s; health is NOT_SERVING until this process is restarted", why)
+    for name in HEALTH_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 async def serve(config: EngineConfig, options: ServeOptions) -> int:
@@ -163,8 +179,10 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
             plans.record_oom(report)
 
     state.on_oom = on_oom
-    state.async_engine = AsyncEngine(state.engine)
+    state.async_engine = AsyncEngine(state.engine, options.max_consecutive_step_failures)
     state.async_engine.on_step = state.on_step
+    state.async_engine.on_broken = lambda why: loop.call_soon_threadsafe(
+        lambda: asyncio.ensure_future(stop_serving(state, health_servicer, why)))
     state.async_engine.start()
     await warm_up_request(state.async_engine)
     state.ready = True
@@ -178,7 +196,9 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
 
     await stop.wait()
     await drain(state, server, health_servicer, options.drain_grace_seconds)
-    state.async_engine.stop()
+    # After the drain: at most ENGINE_STOP_SECONDS here and 5 s of plan writes in close(); the chart's
+    # terminationGraceMarginSeconds covers both.
+    state.async_engine.stop(timeout=ENGINE_STOP_SECONDS)
     plans.close()
     log.info("stopped")
     return 0

@@ -39,6 +39,7 @@ class ServerState:
     report: BootReport | None = None
     ready: bool = False
     draining: bool = False
+    broken: str | None = None  # why the engine no longer serves (failed steps in a row); the pod awaits a restart
     in_flight: int = 0
     last_stats: EngineStats | None = None
     _preemptions_seen: int = 0
@@ -55,6 +56,9 @@ class ServerState:
         """Counts one more request in flight, or raises RequestError saying which limit stops it."""
         if self.draining:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; send the request elsewhere")
+        if self.broken:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"this server stopped serving: {self.broken}; "
+                               "send the request elsewhere")
         if not self.ready:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "the engine is still starting; retry shortly")
         limit = self.limits.max_concurrent_requests

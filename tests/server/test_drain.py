@@ -1,5 +1,6 @@
 """Limits and SIGTERM on a server of this module's own (it is stopped by the test)."""
 
+import json
 import signal
 import threading
 import time
@@ -7,7 +8,7 @@ import urllib.request
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
 from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc
@@ -63,23 +64,61 @@ def test_max_concurrent_requests_gives_resource_exhausted_naming_the_limit(own_s
         second.cancel()
 
 
-def test_sigterm_drains_in_flight_streams_and_exits_0(own_server):
-    with own_server.channel() as channel:
-        stub = pb_grpc.KvmemoServiceStub(channel)
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory):
+    """A second server: where a client's new RPCs go once the first one says GOAWAY."""
+    srv = start_server(tmp_path_factory.mktemp("replica"), "--max-model-len", "256", "--max-num-seqs", "2")
+    yield srv
+    srv.stop(signal.SIGKILL)
+
+
+def round_robin_channel(*servers) -> grpc.Channel:
+    """What a client of the chart's headless Service does: every replica's address, round_robin over them."""
+    target = "ipv4:" + ",".join(s.address for s in servers)
+    config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+    return grpc.insecure_channel(target, options=[("grpc.service_config", config)])
+
+
+def test_sigterm_sends_goaway_at_once_and_drains_in_flight_streams(own_server, replica):
+    """After SIGTERM the draining server takes no new RPC (GOAWAY, listener closed: UNAVAILABLE, which a
+    client retries elsewhere), a round_robin client's new RPCs all reach the other replica, a health Watch
+    sees NOT_SERVING, and the stream in flight still finishes; then the server exits 0."""
+    with own_server.channel() as direct, round_robin_channel(own_server, replica) as spread:
+        stub = pb_grpc.KvmemoServiceStub(direct)
+        spread_stub = pb_grpc.KvmemoServiceStub(spread)
+        assert spread_stub.Complete(long_request(2), wait_for_ready=True, timeout=120).finish_reason
         stream = stub.Generate(long_request(1000))
         received = [next(stream)]
         rest = threading.Thread(target=lambda: received.extend(stream))
         rest.start()
+        watched = []
+        watch = health_pb2_grpc.HealthStub(direct).Watch(health_pb2.HealthCheckRequest(service=""))
+        watcher = threading.Thread(target=lambda: watched.extend(m.status for m in _until_error(watch)))
+        watcher.start()
         own_server.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 120  # bounds a failing test only
-        while health_status(channel, timeout=30) != NOT_SERVING:
-            assert time.monotonic() < deadline, "health never went NOT_SERVING after SIGTERM"
+        while True:
+            try:
+                stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                break
+            assert time.monotonic() < deadline, "the server still took new RPCs after SIGTERM"
             time.sleep(0.05)
-        assert health_status(channel, "kvmemo.v1.KvmemoService", timeout=30) == NOT_SERVING
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Complete(long_request(2))
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
+        assert not received[-1].finish_reason, "the stream in flight ended before the test could check on it"
+        for _ in range(4):  # round_robin would pick the draining server every other time if it were still there
+            reply = spread_stub.Complete(long_request(2), wait_for_ready=True, timeout=120)
+            assert reply.finish_reason == pb.FINISH_REASON_LENGTH
         rest.join(timeout=300)
+        watcher.join(timeout=300)
     assert received[-1].finish_reason == pb.FINISH_REASON_LENGTH
     assert sum(len(m.token_ids) for m in received) == 1000
-    assert own_server.proc.wait(timeout=30) == 0, own_server.log()[-3000:]
+    assert NOT_SERVING in watched, watched
+    assert own_server.proc.wait(timeout=60) == 0, own_server.log()[-3000:]
+
+
+def _until_error(stream):
+    try:
+        yield from stream
+    except grpc.RpcError:
+        return
