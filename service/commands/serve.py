@@ -26,6 +26,8 @@ SERVER_FLAGS = [
     ("drain_grace_seconds", float, 30.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish"),
     ("max_consecutive_step_failures", int, 3, "after this many failed engine steps in a row, health turns "
      "NOT_SERVING for good (liveness fails and the kubelet restarts the pod)"),
+    ("max_connection_age_seconds", float, 0.0, "send GOAWAY on a connection this old, so clients reconnect and "
+     "spread over new replicas (0: never)"),
 ]
 
 
@@ -62,10 +64,14 @@ def main(args: argparse.Namespace) -> int:
         failures = server_value(args, "max_consecutive_step_failures")
         if failures < 1:
             raise ConfigError(f"max_consecutive_step_failures must be >= 1, got {failures}")
+        age = server_value(args, "max_connection_age_seconds")
+        if age < 0:
+            raise ConfigError(f"max_connection_age_seconds must be >= 0, got {age}")
         options = ServeOptions(model_name=server_value(args, "served_model_name") or Path(config.model).name,
                                host=server_value(args, "host"), port=server_value(args, "port"),
                                metrics_port=server_value(args, "metrics_port"), drain_grace_seconds=grace,
-                               limits=limits, max_consecutive_step_failures=failures)
+                               limits=limits, max_consecutive_step_failures=failures,
+                               max_connection_age_seconds=age)
     except ConfigError as e:
         logging.getLogger("kvmemo.server").error("%s", e)
         return 2

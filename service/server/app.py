@@ -47,13 +47,18 @@ class ServeOptions:
     drain_grace_seconds: float = 30.0
     limits: Limits | None = None  # None: Limits()
     max_consecutive_step_failures: int = 3
+    max_connection_age_seconds: float = 0.0  # 0: connections live as long as the client keeps them
 
 
-def build_server(state: ServerState, health_servicer) -> grpc.aio.Server:
+def build_server(state: ServerState, health_servicer, options: ServeOptions) -> grpc.aio.Server:
     size = state.limits.max_message_bytes
-    server = grpc.aio.server(interceptors=[MethodInterceptor()],
-                             options=[("grpc.max_receive_message_length", size),
-                                               ("grpc.max_send_message_length", size)])
+    channel_options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+    if options.max_connection_age_seconds > 0:
+        # A GOAWAY after this long makes long-lived clients reconnect (and re-resolve DNS), so replicas added
+        # since they connected get traffic; streams in flight on the old connection get the drain grace.
+        channel_options += [("grpc.max_connection_age_ms", int(options.max_connection_age_seconds * 1000)),
+                            ("grpc.max_connection_age_grace_ms", int(options.drain_grace_seconds * 1000))]
+    server = grpc.aio.server(interceptors=[MethodInterceptor()], options=channel_options)
     kvmemo_pb2_grpc.add_KvmemoServiceServicer_to_server(KvmemoServicer(state), server)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -142,7 +147,7 @@ async def serve(config: EngineConfig, options: ServeOptions) -> int:
     health_servicer = health.aio.HealthServicer()
     for name in HEALTH_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server = build_server(state, health_servicer)
+    server = build_server(state, health_servicer, options)
     address = f"{options.host}:{options.port}"
     if server.add_insecure_port(address) == 0:
         log.error("cannot listen on %s (in use, or not an address of this machine)", address)

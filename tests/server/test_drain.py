@@ -67,7 +67,8 @@ def test_max_concurrent_requests_gives_resource_exhausted_naming_the_limit(own_s
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory):
     """A second server: where a client's new RPCs go once the first one says GOAWAY."""
-    srv = start_server(tmp_path_factory.mktemp("replica"), "--max-model-len", "256", "--max-num-seqs", "2")
+    srv = start_server(tmp_path_factory.mktemp("replica"), "--max-model-len", "256", "--max-num-seqs", "2",
+                       "--max-connection-age-seconds", "600")
     yield srv
     srv.stop(signal.SIGKILL)
 
