@@ -7,15 +7,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 
-def serve(address: str, port: int, ready: Callable[[], tuple[bool, str]]) -> ThreadingHTTPServer:
+def serve(address: str, port: int, ready: Callable[[], tuple[bool, str]],
+          healthy: Callable[[], tuple[bool, str]] = lambda: (True, "ok")) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the http.server API
             if self.path == "/metrics":
                 self._reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                self._reply(200, b"ok\n")
-            elif self.path == "/readyz":
-                ok, why = ready()
+            elif self.path in ("/healthz", "/readyz"):
+                ok, why = (healthy if self.path == "/healthz" else ready)()
                 self._reply(200 if ok else 503, why.encode() + b"\n")
             else:
                 self._reply(404, b"not found\n")

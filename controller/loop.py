@@ -58,6 +58,7 @@ class Reconciler:
     _latest_lock: threading.Lock = field(default_factory=threading.Lock)
     _warned: RecentSet = field(default_factory=lambda: RecentSet(MAX_WARNED))
     _plan_labels: dict = field(default_factory=dict)  # ConfigMap name -> fingerprints with a plan gauge
+    beat: Callable[[], None] = lambda: None  # once per round of the worker (controller/liveness.py)
 
     def enqueue(self, configmap: dict) -> None:
         """The watch's handler: keeps the newest copy and queues its key, so the watch never waits on the
@@ -70,6 +71,7 @@ class Reconciler:
     def run(self, stop: threading.Event) -> None:
         """The one worker: until stop is set, reconcile the newest copy of each queued ConfigMap."""
         while not stop.is_set():
+            self.beat()
             key = self.queue.get(timeout=0.5)
             if key is None:
                 continue

@@ -68,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
 
     from controller import http, metrics
     from controller.leader import LeaderElector
+    from controller.liveness import RECONCILE_BOUND_SECONDS, WATCH_BOUND_SECONDS, Heartbeats
     from controller.loop import Reconciler
     from controller.watch import ConfigMapWatcher
     from service.contract.client import load_api_client
@@ -102,15 +103,20 @@ def main(args: argparse.Namespace) -> int:
             return False, "leader, listing ConfigMaps"
         return True, "leader" if elector.is_leader() else "standby"
 
-    server = http.serve(args.http_address, args.http_port, ready)
     leader_thread = threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
+    reconcile_thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconcile", daemon=True)
+    beats = Heartbeats({"watch": WATCH_BOUND_SECONDS, "reconcile": RECONCILE_BOUND_SECONDS},
+                       threads={"lease": leader_thread, "reconcile": reconcile_thread})
+    watcher.beat, reconciler.beat = beats.beater("watch"), beats.beater("reconcile")
+    server = http.serve(args.http_address, args.http_port, ready, beats.health)
     leader_thread.start()
-    threading.Thread(target=reconciler.run, args=(stop,), name="reconcile", daemon=True).start()
+    reconcile_thread.start()
     log.info("controller %s: namespace %s, selector %s, %s, metrics on :%d", args.identity, args.namespace,
              args.label_selector, settings, server.server_address[1])
     try:
         while not stop.is_set():
             if not elector.is_leader():
+                watcher.beat()  # a standby's watch loop is this wait
                 stop.wait(0.2)
                 continue
             watcher.synced.clear()

@@ -43,6 +43,7 @@ class ConfigMapWatcher:
     handle: Callable[[dict], None]
     resync_seconds: float = 300.0
     synced: threading.Event = None
+    beat: Callable[[], None] = lambda: None  # on every line and every round (controller/liveness.py)
 
     def __post_init__(self):
         self.synced = self.synced or threading.Event()
@@ -71,6 +72,7 @@ class ConfigMapWatcher:
             if resp.status != 200:
                 _json_or_raise(resp)
             for line in iter_resp_lines(resp):
+                self.beat()
                 event = json.loads(line)
                 obj = event.get("object") or {}
                 if event.get("type") == "ERROR":
@@ -92,6 +94,7 @@ class ConfigMapWatcher:
         backoff = Backoff()
         resource_version = None
         while not stop.is_set() and keep_going():
+            self.beat()
             try:
                 if resource_version is None:
                     resource_version = self.list()
