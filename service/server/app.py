@@ -55,9 +55,9 @@ def build_server(state: ServerState, health_servicer, options: ServeOptions) -> 
     channel_options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
     if options.max_connection_age_seconds > 0:
         # A GOAWAY after this long makes long-lived clients reconnect (and re-resolve DNS), so replicas added
-        # since they connected get traffic; streams in flight on the old connection get the drain grace.
-        channel_options += [("grpc.max_connection_age_ms", int(options.max_connection_age_seconds * 1000)),
-                            ("grpc.max_connection_age_grace_ms", int(options.drain_grace_seconds * 1000))]
+        # since they connected get traffic. No max_connection_age_grace: streams in flight on the old
+        # connection finish however long they take (gRPC's default), only new RPCs move.
+        channel_options.append(("grpc.max_connection_age_ms", int(options.max_connection_age_seconds * 1000)))
     server = grpc.aio.server(interceptors=[MethodInterceptor()], options=channel_options)
     kvmemo_pb2_grpc.add_KvmemoServiceServicer_to_server(KvmemoServicer(state), server)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
