@@ -25,9 +25,9 @@ def helm_template(helm: str, *args: str, release: str = "kvmemo") -> list[dict]:
     return objects(p.stdout)
 
 
-def kustomize(kubectl: str) -> list[dict]:
-    p = run([kubectl, "kustomize", str(BASE)])
-    assert p.returncode == 0, f"kubectl kustomize {BASE} failed:\n{p.stderr}"
+def kustomize(kubectl: str, folder: Path = BASE) -> list[dict]:
+    p = run([kubectl, "kustomize", str(folder)])
+    assert p.returncode == 0, f"kubectl kustomize {folder} failed:\n{p.stderr}"
     return objects(p.stdout)
 
 

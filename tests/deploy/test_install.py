@@ -102,3 +102,28 @@ def test_helm_install_with_monitors(k, helm, control_plane):
     assert_all_exist(k, namespace, objs)
     assert_pods_admitted(k, namespace, objs)
     assert_restricted_enforced(k, namespace)
+
+
+def test_helm_install_with_the_extension_points(k, helm, control_plane):
+    """ci/production-values.yaml (a download into a claim the chart makes, a headless Service, an HPA,
+    NetworkPolicies, extra env/volumes, placement, probe timings) installed for real, every pod template
+    admitted under the restricted standard; then `helm uninstall` keeps the plans ConfigMap and the model
+    claim (helm.sh/resource-policy: keep). GRPCRoute and KEDA's ScaledObject need CRDs this control plane
+    does not have; tests/deploy/test_chart.py checks what they render."""
+    namespace = restricted_namespace(k, "extend")
+    kubeconfig = ["--kubeconfig", str(control_plane.kubeconfig)]
+    values = ["-f", str(CHART / "ci" / "production-values.yaml"), "--set", "admissionPolicy.create=false"]
+    p = run([helm, "install", "kvmemo", str(CHART), "--namespace", namespace, *values, *kubeconfig])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Warning" not in p.stderr and "warning" not in p.stderr, p.stderr
+    assert "round_robin" in p.stdout  # NOTES.txt says how to balance over the headless Service
+    objs = objects(run([helm, "get", "manifest", "kvmemo", "--namespace", namespace, *kubeconfig]).stdout)
+    kinds = {o["kind"] for o in objs}
+    assert {"HorizontalPodAutoscaler", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget"} <= kinds
+    assert_all_exist(k, namespace, objs)
+    assert_pods_admitted(k, namespace, objs)
+    p = run([helm, "uninstall", "kvmemo", "--namespace", namespace, "--wait", *kubeconfig])
+    assert p.returncode == 0, p.stdout + p.stderr
+    left = k("get", "-n", namespace, "configmap,pvc", "-o", "name").stdout.split()
+    assert {"configmap/kvmemo", "persistentvolumeclaim/kvmemo-model"} <= set(left), left
+    assert "deployment.apps/kvmemo" not in k("get", "-n", namespace, "deployments", "-o", "name").stdout

@@ -1,6 +1,10 @@
-"""deploy/manifests/base (kubectl apply -k) holds exactly what the chart renders with default values."""
+"""deploy/manifests/base (kubectl apply -k) holds exactly what the chart renders with default values, and
+deploy/manifests/monitoring what it renders for the Prometheus Operator."""
 
-from tests.deploy.render import by_kind_name, helm_template, kustomize
+from tests.deploy.render import BASE, by_kind_name, helm_template, kustomize
+
+MONITORING = BASE.parent / "monitoring"
+MONITOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 
 
 def normalize_cel(obj: dict) -> dict:
@@ -18,3 +22,10 @@ def test_kustomize_base_equals_helm_template(helm, kubectl):
     assert sorted(base) == sorted(chart), "objects differ: run deploy/render-manifests.sh"
     for key, obj in chart.items():
         assert base[key] == obj, f"{key} differs from the chart's: run deploy/render-manifests.sh"
+
+
+def test_kustomize_monitoring_equals_helm_template(helm, kubectl):
+    chart = by_kind_name(o for o in helm_template(helm, "--set", "monitoring.skipCRDCheck=true")
+                         if o["kind"] in MONITOR_KINDS)
+    assert len(chart) == 3
+    assert by_kind_name(kustomize(kubectl, MONITORING)) == chart, "run deploy/render-manifests.sh"

@@ -72,3 +72,69 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end }}
+
+{{- define "kvmemo.controllerImage" -}}
+{{- printf "%s:%s" .Values.controller.image.repository (default .Chart.AppVersion .Values.controller.image.tag) }}
+{{- end }}
+
+{{- /* The served model as a label value, for selectors such as the Gateway API Inference Extension's
+InferencePool: characters a label value cannot hold become "-". */ -}}
+{{- define "kvmemo.modelLabel" -}}
+{{- regexReplaceAll "[^-A-Za-z0-9_.]" .Values.model.name "-" | trunc 63 | trimSuffix "-" | trimSuffix "." | trimPrefix "-" }}
+{{- end }}
+
+{{- define "kvmemo.startupBudgetSeconds" -}}
+{{- mul .Values.startupProbe.periodSeconds .Values.startupProbe.failureThreshold }}
+{{- end }}
+
+{{- define "kvmemo.autoscaled" -}}
+{{- if or .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled }}true{{ end }}
+{{- end }}
+
+{{- /* A gRPC probe on grpc.health.v1's "" service; args: the probe's values. */ -}}
+{{- define "kvmemo.grpcProbe" -}}
+grpc:
+  port: {{ .port }}
+{{- range $key := list "periodSeconds" "failureThreshold" "timeoutSeconds" "initialDelaySeconds" "successThreshold" }}
+{{- if hasKey $.probe $key }}
+{{ $key }}: {{ get $.probe $key }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- /* Where the model lies inside the server container. */ -}}
+{{- define "kvmemo.modelPath" -}}
+{{- if eq .Values.model.source "image" }}{{ .Values.model.name }}{{ else }}{{ .Values.model.mountPath }}/{{ .Values.model.name }}{{ end }}
+{{- end }}
+
+{{- define "kvmemo.modelClaimName" -}}
+{{- if .Values.model.pvc.create }}{{ include "kvmemo.fullname" . }}-model{{ else }}{{ .Values.model.pvc.claimName }}{{ end }}
+{{- end }}
+
+{{- /* Chart-wide checks a schema cannot express; each names the value and what to do. */ -}}
+{{- define "kvmemo.validate" -}}
+{{- if ne (int .Values.gpu.count) 1 }}
+{{- fail (printf "gpu.count=%v: the engine uses one GPU per pod (there is no tensor parallelism yet); set gpu.count=1 and scale with replicaCount or autoscaling" .Values.gpu.count) }}
+{{- end }}
+{{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled }}
+{{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled are both true: KEDA makes its own HorizontalPodAutoscaler; enable one" }}
+{{- end }}
+{{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
+{{- fail (printf "autoscaling.minReplicas=%v is above autoscaling.maxReplicas=%v" .Values.autoscaling.minReplicas .Values.autoscaling.maxReplicas) }}
+{{- end }}
+{{- $m := .Values.model }}
+{{- if and $m.pvc.create (or (include "kvmemo.autoscaled" .) (gt (int .Values.replicaCount) 1)) }}
+{{- if not (or (has "ReadOnlyMany" $m.pvc.accessModes) (has "ReadWriteMany" $m.pvc.accessModes)) }}
+{{- fail (printf "model.pvc.accessModes=%v: replicas on different nodes cannot all mount such a claim; use ReadOnlyMany or ReadWriteMany (or run one replica)" $m.pvc.accessModes) }}
+{{- end }}
+{{- end }}
+{{- if and (eq $m.source "pvc") (not $m.pvc.create) (not $m.pvc.claimName) }}
+{{- fail "model.source=pvc needs model.pvc.claimName, or model.pvc.create=true" }}
+{{- end }}
+{{- if and (eq $m.source "download") (not $m.download.image) }}
+{{- fail "model.source=download needs model.download.image (an image with the tool that fetches the model) and its command" }}
+{{- end }}
+{{- if and (eq $m.source "oci") (not $m.oci.image) }}
+{{- fail "model.source=oci needs model.oci.image (the image that holds the model)" }}
+{{- end }}
+{{- end }}
