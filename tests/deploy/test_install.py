@@ -127,3 +127,17 @@ def test_helm_install_with_the_extension_points(k, helm, control_plane):
     left = k("get", "-n", namespace, "configmap,pvc", "-o", "name").stdout.split()
     assert {"configmap/kvmemo", "persistentvolumeclaim/kvmemo-model"} <= set(left), left
     assert "deployment.apps/kvmemo" not in k("get", "-n", namespace, "deployments", "-o", "name").stdout
+
+
+@pytest.mark.parametrize("mount", ["copy", "volume"])
+def test_oci_model_pods_admitted(k, helm, control_plane, mount):
+    """The model in its own image, copied by an init container or mounted as an image volume: the pod
+    templates pass the apiserver's validation and the restricted standard."""
+    namespace = restricted_namespace(k, f"oci-{mount}")
+    rendered = run([helm, "template", "kvmemo", str(CHART), "--namespace", namespace, "--set", "model.source=oci",
+                    "--set", "model.oci.image=registry.example.com/models/m:v1", "--set", f"model.oci.mount={mount}",
+                    "--show-only", "templates/deployment.yaml"])
+    assert rendered.returncode == 0, rendered.stderr
+    objs = objects(rendered.stdout)
+    k("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=rendered.stdout)
+    assert_pods_admitted(k, namespace, objs)
