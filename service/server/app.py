@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 import threading
-import time
 from dataclasses import dataclass
 
 import grpc
@@ -123,8 +122,8 @@ async def drain(state: ServerState, server: grpc.aio.Server, health_servicer, gr
     otherwise hold the drain for the whole grace period)."""
     state.draining = True
     await health_servicer.enter_graceful_shutdown()
-    log.info("draining: GOAWAY sent, %d requests in flight, grace %.1f s", state.in_flight, grace)
     stopping = asyncio.ensure_future(server.stop(grace=grace))
+    log.info("draining: GOAWAY to every client, %d requests in flight, grace %.1f s", state.in_flight, grace)
     while state.in_flight > 0 and not stopping.done():
         await asyncio.sleep(0.05)
     if state.in_flight:
