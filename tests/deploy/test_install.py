@@ -141,3 +141,23 @@ def test_oci_model_pods_admitted(k, helm, control_plane, mount):
     objs = objects(rendered.stdout)
     k("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=rendered.stdout)
     assert_pods_admitted(k, namespace, objs)
+
+
+def test_gpu_values_pods_admitted_with_their_runtime_class(k, helm, control_plane):
+    """ci/gpu-values.yaml names RuntimeClass nvidia (as the GPU Operator makes it): with that RuntimeClass
+    present the GPU pod template is admitted; the apiserver itself refuses a pod whose RuntimeClass is
+    missing, which is why the chart's default leaves runtimeClassName empty."""
+    runtime_class = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"},
+                     "handler": "nvidia"}
+    k("apply", "-f", "-", stdin=json.dumps(runtime_class))
+    namespace = restricted_namespace(k, "gpu")
+    rendered = run([helm, "template", "kvmemo", str(CHART), "--namespace", namespace, "-f",
+                    str(CHART / "ci" / "gpu-values.yaml"), "--show-only", "templates/deployment.yaml"])
+    assert rendered.returncode == 0, rendered.stderr
+    k("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=rendered.stdout)
+    assert_pods_admitted(k, namespace, objects(rendered.stdout))
+    spec = objects(rendered.stdout)[0]["spec"]["template"]["spec"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "missing-runtime"},
+           "spec": {**spec, "runtimeClassName": "no-such-runtime"}}
+    p = k("create", "-n", namespace, "-f", "-", stdin=json.dumps(pod), check=False)
+    assert p.returncode != 0 and "no-such-runtime" in p.stderr, p.stderr
