@@ -1,6 +1,7 @@
 """One boot: load weights, decide the KV-cache size (flag, stored plan, or profiling), allocate it, capture
 CUDA graphs, then measure what non-KV memory really is and check the prediction. Each phase is timed."""
 
+import gc
 import logging
 import os
 import time
@@ -64,6 +65,11 @@ def load_and_fingerprint(config: EngineConfig) -> Loaded:
         use_expandable_segments()
         torch.cuda.set_device(device)
         torch.cuda.init()
+        # A process that used the device before (tests, a second engine) must not take its garbage or its
+        # allocator's cached blocks into the baseline: both are released later, so the boot would measure
+        # less non-KV memory than it has (an H200 GPU test that found 126 MiB cached at start: -294 MiB).
+        gc.collect()
+        torch.cuda.empty_cache()
     baseline = snapshot.take(device)  # the first call that needs the CUDA context creates it
     seconds = {"cuda_init": time.perf_counter() - start} if device.type == "cuda" else {}
     runner = ModelRunner(config)
