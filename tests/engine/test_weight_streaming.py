@@ -16,6 +16,17 @@ from tests.hf_models import save_hf_model
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_device_memory():
+    """The GPU tests after these measure memory in this process: leave them nothing cached."""
+    yield
+    if torch.cuda.is_available():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 @pytest.fixture(scope="module", params=["llama", "qwen3"])
 def model_dir(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param)
