@@ -14,7 +14,7 @@ from service import faults
 from service.config import EngineConfig
 from service.engine.engine import LLMEngine
 from service.engine.model_runner import ModelRunner, resolve_device
-from service.kernels.cache import use_kernel_cache
+from service.kernels.cache import KernelCache, use_kernel_cache
 from service.memory import planner, snapshot
 from service.memory.fingerprint import fingerprint, fingerprint_fields
 from service.memory.memory_profile import format_bytes
@@ -44,6 +44,7 @@ class Loaded:
     fingerprint: str
     seconds: dict[str, float]  # load_weights' parts: cuda_init, then the loader's (build_model, read, copy | generate)
     bytes_read: int
+    kernels: KernelCache | None  # where compiled kernels are kept (CUDA only)
 
 
 def use_expandable_segments() -> None:
@@ -60,6 +61,7 @@ def use_expandable_segments() -> None:
 
 def load_and_fingerprint(config: EngineConfig) -> Loaded:
     device = resolve_device(config.device)
+    kernels = use_kernel_cache(config.kernel_cache_dir) if device.type == "cuda" else None  # before any compile
     start = time.perf_counter()
     if device.type == "cuda":
         use_expandable_segments()
@@ -85,7 +87,7 @@ def load_and_fingerprint(config: EngineConfig) -> Loaded:
         # RSS grows by less than the weights when they land in heap pages this process freed earlier.
         weights = max(weights, sum(t.nbytes for t in (*runner.model.parameters(), *runner.model.buffers())))
     return Loaded(runner, baseline, weights, after.free + after.reserved - after.allocated, fp, seconds,
-                  runner.loaded.bytes_read)
+                  runner.loaded.bytes_read, kernels)
 
 
 def load_log_line(loaded: Loaded, total: float) -> str:
@@ -106,7 +108,6 @@ def build_engine(config: EngineConfig, plans: Plans | None = None) -> tuple[LLME
     plans = plans if plans is not None else open_plans(config)
     report = BootReport()
     start = time.perf_counter()
-    kernels = use_kernel_cache(config.kernel_cache_dir) if resolve_device(config.device).type == "cuda" else None
     with timed(report, "load_weights"):
         loaded = load_and_fingerprint(config)
     report.load_seconds = loaded.seconds
@@ -142,9 +143,9 @@ def build_engine(config: EngineConfig, plans: Plans | None = None) -> tuple[LLME
             runner.capture_graphs(config.cuda_graph_sizes)
         warmup_oom = warm_up(runner, config)
     report.phase_seconds["total"] = time.perf_counter() - start
-    if kernels is not None:
-        report.kernels_compiled = kernels.compiled()
-        log.info("compiled %d kernels during boot (cache %s)", report.kernels_compiled, kernels.directory)
+    if loaded.kernels is not None:
+        report.kernels_compiled = loaded.kernels.compiled()
+        log.info("compiled %d kernels during boot (cache %s)", report.kernels_compiled, loaded.kernels.directory)
     check_prediction(report, snapshot.take(runner.device), plans)
     if warmup_oom:
         engine.count_oom()  # only counted: the server records it against the plan, as it does every engine OOM
