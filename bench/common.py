@@ -2,7 +2,9 @@
 
 import datetime
 import json
+import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,13 +24,24 @@ def device_slug() -> str:
 def environment() -> dict:
     env = {"device": device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
            "python": platform.python_version(), "command": " ".join(["python3"] + sys.argv),
-           "date": datetime.date.today().isoformat()}
+           "date": datetime.date.today().isoformat(), "commit": commit()}
     for name in ("triton", "transformers", "grpc"):
         try:
             env[name] = __import__(name).__version__
         except Exception:
             pass
     return env
+
+
+def commit() -> str | None:
+    """The source's commit: $KVMEMO_COMMIT (a copied tree has no .git), else git's answer."""
+    if os.environ.get("KVMEMO_COMMIT"):
+        return os.environ["KVMEMO_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def write_json(path: str | Path, payload: dict) -> None:

@@ -1,15 +1,21 @@
-"""Does the measured plan hold? For each model and CUDA-graph setting: a cold boot that profiles (policy
-`full`), the prediction error of non-KV memory after capture and after a max-concurrency soak at that size,
-OOMs and peak device memory during the soak, then a warm boot from the stored plan. Each boot runs in its own
-process, as a restarted pod would: each with an empty Triton kernel cache (a new pod's is empty too). Python
-bytecode is cached before the first boot, as it is in an installed image (PYTHONPYCACHEPREFIX; some machines
-install packages read-only, and then every process would compile every module it imports).
+"""Does the measured plan hold, and how fast is a boot that has one? For each model and CUDA-graph setting:
+a cold boot that profiles (policy `full`, empty kernel cache), the prediction error of non-KV memory after
+capture and after a max-concurrency soak at that size, OOMs and peak device memory during the soak; then
+three more boots, each in its own process:
+- a restarted container: the plan from the store and the kernel cache the cold boot filled (an emptyDir
+  survives container restarts; the page cache is warm too);
+- a new pod: the plan from the store, an empty kernel cache;
+- a second cold boot (no plan, empty kernel cache), whose suggestion against the first is the
+  profile-to-profile spread.
+Python bytecode is cached before the first boot, as it is in an installed image (PYTHONPYCACHEPREFIX; some
+machines install packages read-only, and then every process would compile every module it imports).
 
-    PYTHONPATH=. python3 bench/memory.py --out bench/results/memory.json
+    PYTHONPATH=. python3 bench/memory.py --out bench/results/memory.json [--log-dir DIR]
 """
 
 import argparse
 import json
+import logging
 import os
 import random
 import subprocess
@@ -37,7 +43,8 @@ CASES = [  # model, max_model_len: long enough that the KV cache is never capped
 def config_for(args) -> EngineConfig:
     return EngineConfig(model=args.model, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=not args.graphs,
-                        kv_cache_policy="full", plan_store="file", plan_dir=args.plan_dir)
+                        kv_cache_policy="full", plan_store="file", plan_dir=args.plan_dir,
+                        kernel_cache_dir=args.kernel_cache_dir)
 
 
 def used_bytes(device) -> int:
@@ -78,7 +85,8 @@ def soak(engine, seconds: float, seed: int = 0) -> dict:
 def run_boot(args) -> dict:
     engine, report = build_engine(config_for(args))
     row = {"plan_source": report.plan_source, "ready_s": report.phase_seconds["total"],
-           "phase_seconds": report.phase_seconds, "kv_cache_memory_bytes": report.kv_cache_memory_bytes,
+           "phase_seconds": report.phase_seconds, "load_seconds": report.load_seconds,
+           "kernels_compiled": report.kernels_compiled, "kv_cache_memory_bytes": report.kv_cache_memory_bytes,
            "prediction_error_bytes": report.prediction_error_bytes, "actual_non_kv_bytes": report.actual_non_kv_bytes,
            "plan_stale": report.plan_stale}
     if report.record is not None:
@@ -101,19 +109,56 @@ def cache_bytecode() -> None:
     os.environ.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "kvmemo-bench-pycache"))
     code = ("from service.boot import build_engine; from service.config import EngineConfig; "
             "build_engine(EngineConfig(model='tiny', plan_store='none', kv_cache_memory_bytes=1 << 26))")
-    with tempfile.TemporaryDirectory() as triton_cache:
+    with tempfile.TemporaryDirectory() as kernels:
         subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent,
-                       env={**os.environ, "TRITON_CACHE_DIR": triton_cache})
+                       env={**os.environ, "TRITON_CACHE_DIR": kernels})
 
 
-def boot_in_subprocess(args, model, max_model_len, graphs, plan_dir, soak_s) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as f, tempfile.TemporaryDirectory() as triton_cache:
+def boot_in_subprocess(args, model, max_model_len, graphs, plan_dir, kernel_dir, soak_s, log_name) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [sys.executable, __file__, "--single", "--model", model, "--max-model-len", str(max_model_len),
-               "--graphs" if graphs else "--no-graphs", "--plan-dir", plan_dir, "--soak", str(soak_s),
-               "--max-num-seqs", str(args.max_num_seqs), "--max-num-batched-tokens", str(args.max_num_batched_tokens),
-               "--out", f.name]
-        subprocess.run(cmd, check=True, env={**os.environ, "TRITON_CACHE_DIR": triton_cache})
+               "--graphs" if graphs else "--no-graphs", "--plan-dir", plan_dir, "--kernel-cache-dir", kernel_dir,
+               "--soak", str(soak_s), "--max-num-seqs", str(args.max_num_seqs),
+               "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--out", f.name]
+        log = open(Path(args.log_dir) / f"{log_name}.log", "w") if args.log_dir else None
+        try:
+            subprocess.run(cmd, check=True, stderr=log)
+        finally:
+            if log:
+                log.close()
         return json.loads(Path(f.name).read_text())
+
+
+def boots(args, model, max_model_len, graphs, soak_s) -> dict:
+    """The cold boot, the restarted container, the new pod and the second cold boot of one case."""
+    name = f"{Path(model).name}-{'graphs' if graphs else 'eager'}"
+    with tempfile.TemporaryDirectory() as root:
+        dirs = {k: os.path.join(root, k) for k in ("plans", "plans2", "kernels", "kernels-new-pod", "kernels2")}
+        one = lambda plans, kernels, soak, tag: boot_in_subprocess(  # noqa: E731
+            args, model, max_model_len, graphs, dirs[plans], dirs[kernels], soak, f"{name}-{tag}")
+        return {"cold": one("plans", "kernels", soak_s, "cold"),
+                "restart": one("plans", "kernels", 0, "restart"),
+                "new_pod": one("plans", "kernels-new-pod", 0, "new-pod"),
+                "cold2": one("plans2", "kernels2", 0, "cold2")}
+
+
+def summary(env, model, graphs, soak_s, b) -> dict:
+    cold, restart, new_pod, cold2 = b["cold"], b["restart"], b["new_pod"], b["cold2"]
+    spread = None
+    if cold.get("suggestions") and cold2.get("suggestions"):
+        spread = abs(cold["suggestions"]["full_bytes"] - cold2["suggestions"]["full_bytes"])
+    return dict(env, model=model, cudagraphs=graphs, soak_seconds=soak_s,
+                prediction_error_bytes=cold["prediction_error_bytes"],
+                prediction_error_after_run_bytes=cold.get("prediction_error_after_run_bytes"),
+                margin_bytes=cold.get("safety_bytes"), ooms=cold.get("ooms"),
+                peak_used_ratio=cold.get("peak_used_ratio"),
+                cold_ready_s=cold["ready_s"], restart_ready_s=restart["ready_s"], new_pod_ready_s=new_pod["ready_s"],
+                restart_over_cold=restart["ready_s"] / cold["ready_s"],
+                profile_s=cold["phase_seconds"]["profile"], profile2_s=cold2["phase_seconds"]["profile"],
+                profile_spread_bytes=spread,
+                kernels_compiled={k: v.get("kernels_compiled") for k, v in b.items()},
+                load_seconds={k: v.get("load_seconds") for k, v in b.items()},
+                warm_plan_source=restart["plan_source"], **b)
 
 
 def main():
@@ -123,41 +168,40 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--cases", default=None, help="model:graphs:soak_seconds,... (default: every case, 300 s)")
+    ap.add_argument("--cases", default=None, help="model:on|off:soak_seconds,... (default: every case, 300 s); "
+                    "a model may be a Hugging Face directory")
     ap.add_argument("--plan-dir", default=None)
+    ap.add_argument("--kernel-cache-dir", default=None)
+    ap.add_argument("--log-dir", default=None, help="each boot's log, as <model>-<graphs>-<boot>.log")
     ap.add_argument("--soak", type=float, default=300)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     args = ap.parse_args()
     if args.single:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         Path(args.out).write_text(json.dumps(run_boot(args)))
         return
 
     lens = dict(CASES)
     cases = [(m, g, args.soak) for m, _ in CASES for g in (True, False)]
     if args.cases:
-        cases = [(m, g == "on", float(s)) for m, g, s in (c.split(":") for c in args.cases.split(","))]
+        cases = [(m, g == "on", float(s)) for m, g, s in (c.rsplit(":", 2) for c in args.cases.split(","))]
+    if args.log_dir:
+        Path(args.log_dir).mkdir(parents=True, exist_ok=True)
     env = environment()
     cache_bytecode()
     rows = []
     for model, graphs, soak_s in cases:
-        with tempfile.TemporaryDirectory() as plan_dir:
-            try:
-                cold = boot_in_subprocess(args, model, lens.get(model, args.max_model_len), graphs, plan_dir, soak_s)
-                warm = boot_in_subprocess(args, model, lens.get(model, args.max_model_len), graphs, plan_dir, 0)
-            except subprocess.CalledProcessError as e:
-                rows.append(dict(env, model=model, cudagraphs=graphs, error=f"boot failed: exit {e.returncode}"))
-                write_json(args.out, {"benchmark": "memory", "rows": rows})
-                continue
-        row = dict(env, model=model, cudagraphs=graphs, soak_seconds=soak_s,
-                   prediction_error_bytes=cold["prediction_error_bytes"],
-                   prediction_error_after_run_bytes=cold.get("prediction_error_after_run_bytes"),
-                   ooms=cold.get("ooms"), peak_used_ratio=cold.get("peak_used_ratio"),
-                   cold_ready_s=cold["ready_s"], warm_ready_s=warm["ready_s"],
-                   profile_s=cold["phase_seconds"]["profile"], warm_plan_source=warm["plan_source"],
-                   cold=cold, warm=warm)
+        try:
+            b = boots(args, model, lens.get(model, args.max_model_len), graphs, soak_s)
+        except subprocess.CalledProcessError as e:
+            rows.append(dict(env, model=model, cudagraphs=graphs, error=f"boot failed: exit {e.returncode}"))
+            write_json(args.out, {"benchmark": "memory", "rows": rows})
+            continue
+        row = summary(env, model, graphs, soak_s, b)
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k not in ("cold", "warm")}), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("cold", "restart", "new_pod", "cold2")}),
+              flush=True)
         write_json(args.out, {"benchmark": "memory", "rows": rows})
 
 

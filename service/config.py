@@ -1,9 +1,17 @@
 """The one engine configuration, validated once and passed whole."""
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from service.contract.keys import POLICIES
 from service.errors import ConfigError
+
+
+def cache_root() -> Path:
+    """Where kvmemo keeps what outlives a process (plans, compiled kernels): $XDG_CACHE_HOME/kvmemo, else
+    ~/.cache/kvmemo."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kvmemo"
 
 
 def default_capture_sizes(max_num_seqs: int) -> list[int]:
@@ -36,6 +44,8 @@ class EngineConfig:
     plan_dir: str | None = None  # file store directory; None: ~/.cache/kvmemo/plans
     plan_free_tolerance_bytes: int = 512 << 20  # a stored plan applies while free-at-start >= recorded - this
     configmap_name: str | None = None
+    # Compiled Triton kernels; None: $TRITON_CACHE_DIR when set, else <cache root>/kernels (service/kernels/cache.py).
+    kernel_cache_dir: str | None = None
 
     def __post_init__(self):
         if self.max_num_seqs < 1:

@@ -53,6 +53,11 @@ device_memory_bytes = Gauge("kvmemo_device_memory_bytes", "Device memory by stat
 startup_phase_seconds = Gauge("kvmemo_startup_phase_seconds",
                               "Duration of each startup phase (load_weights, profile, allocate_kv, capture_graphs, "
                               "total)", [M, "phase"])
+startup_load_seconds = Gauge("kvmemo_startup_load_seconds",
+                             "Duration of each part of the load_weights phase (cuda_init, build_model, read, copy, "
+                             "generate)", [M, "part"])
+startup_kernels_compiled = Gauge("kvmemo_startup_kernels_compiled",
+                                 "Kernels compiled during the boot (0 when the kernel cache held them all)", [M])
 oom = Counter("kvmemo_oom", "Device out-of-memory errors while serving", [M])
 
 

@@ -55,6 +55,8 @@ ENGINE_FLAGS = (
     Flag("plan_dir", str, "directory of the file plan store (default: ~/.cache/kvmemo/plans)"),
     Flag("plan_free_tolerance_bytes", int, "a stored plan applies while free memory at start is at least the "
          "recorded free memory minus this"),
+    Flag("kernel_cache_dir", str, "directory of compiled GPU kernels, kept across restarts (default: "
+         "$TRITON_CACHE_DIR, else ~/.cache/kvmemo/kernels)"),
     Flag("configmap_name", str, "the ConfigMap that holds this deployment's plans (in the pod's namespace, "
          "POD_NAMESPACE; POD_NAME names the reporting pod)", cli="configmap"),
 )

@@ -9,6 +9,10 @@ def export_boot_metrics(model_name: str, report: BootReport, device=None) -> Non
     m = model_name
     for phase, seconds in report.phase_seconds.items():
         metrics.startup_phase_seconds.labels(m, phase).set(seconds)
+    for part, seconds in report.load_seconds.items():
+        metrics.startup_load_seconds.labels(m, part).set(seconds)
+    if report.kernels_compiled is not None:
+        metrics.startup_kernels_compiled.labels(m).set(report.kernels_compiled)
     metrics.kv_cache_memory_bytes.labels(m).set(report.kv_cache_memory_bytes)
     metrics.kv_cache_plan_info.labels(m, report.plan_source, report.fingerprint[:12]).set(1)
     if report.record is not None:

@@ -41,10 +41,19 @@ def measure_activation_peak(runner, max_num_batched_tokens: int) -> int:
     layout = runner.layout
     batches = (dummy_prompt_lens(max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len),
                long_prompt_lens(max_num_batched_tokens, layout.max_model_len))
-    peak = max(measure_batch_peak(runner, lens) for lens in batches)
+    peaks, seconds = [], []
+    for lens in batches:
+        start = time.perf_counter()
+        peaks.append(measure_batch_peak(runner, lens))
+        seconds.append(time.perf_counter() - start)
     if runner.device.type != "cuda":
-        return peak
-    return constrained_activation_peak(runner, batches, peak)
+        return max(peaks)
+    start = time.perf_counter()
+    budget = constrained_activation_peak(runner, batches, max(peaks))
+    log.info("activation passes: %s; constrained check %.2f s", "; ".join(
+        f"{len(lens)} sequences of up to {max(lens)} tokens: peak {format_bytes(p)} in {t:.2f} s"
+        for lens, p, t in zip(batches, peaks, seconds)), time.perf_counter() - start)
+    return budget
 
 
 def constrained_activation_peak(runner, batches, peak: int) -> int:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class BootReport:
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    load_seconds: dict[str, float] = field(default_factory=dict)  # load_weights' parts (cuda_init, read, ...)
+    kernels_compiled: int | None = None  # Triton compilations during the boot (CUDA only)
     fingerprint: str = ""
     plan_source: str = ""  # flag | file | configmap | profile
     plan_reason: str = ""

@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from service.config import cache_root
 from service.memory.memory_profile import MemoryProfile, format_bytes
 from service.memory.report import BootReport
 from service.plans.store import Lookup, StoredPlan
@@ -14,8 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def default_plan_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "kvmemo" / "plans"
+    return cache_root() / "plans"
 
 
 class FilePlans:

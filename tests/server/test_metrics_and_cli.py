@@ -66,6 +66,8 @@ def test_metrics_are_served_with_the_model_name(server):
         assert f'{name}{{' in text and 'model_name="tiny"' in text, f"{name} missing from /metrics"
     assert 'kvmemo_request_success_total{finished_reason="length",model_name="tiny"}' in text
     assert 'kvmemo_startup_phase_seconds{model_name="tiny",phase="total"}' in text
+    for part in ("build_model", "generate"):  # load_weights in its parts (cuda_init too, on CUDA)
+        assert f'kvmemo_startup_load_seconds{{model_name="tiny",part="{part}"}}' in text
     assert 'kvmemo_kv_cache_blocks{model_name="tiny",state="free"}' in text
 
 

@@ -1,0 +1,61 @@
+"""Boots on a CUDA device, each in a fresh process as a restarted pod would be: a warm boot compiles no kernel
+that the cold boot compiled (the kernel cache persists), and two cold profiles of one configuration suggest
+sizes within 64 MiB of each other. CI has no GPU: run with `pytest -m gpu` on a GPU machine."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+ROOT = Path(__file__).resolve().parents[2]
+MiB = 1 << 20
+
+BOOT = """
+import json, sys
+from service.boot import build_engine
+from service.config import EngineConfig
+engine, report = build_engine(EngineConfig(**json.loads(sys.argv[1])))
+print(json.dumps({"source": report.plan_source, "compiled": report.kernels_compiled,
+                  "load_seconds": report.load_seconds,
+                  "full": report.record.suggestions.full_bytes if report.record else None,
+                  "components": report.record.to_json()["components"] if report.record else None}))
+"""
+
+
+def boot_in_fresh_process(**config) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_CACHE_DIR", None)
+    result = subprocess.run([sys.executable, "-c", BOOT, json.dumps(config)], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_warm_boot_compiles_nothing_the_cold_boot_compiled(tmp_path):
+    config = dict(model="tiny", max_model_len=256, max_num_seqs=8, max_num_batched_tokens=256,
+                  plan_dir=str(tmp_path / "plans"), kernel_cache_dir=str(tmp_path / "kernels"))
+    cold = boot_in_fresh_process(**config)
+    assert cold["source"] == "profile" and cold["compiled"] > 0
+    assert set(cold["load_seconds"]) == {"cuda_init", "build_model", "generate"}
+    warm = boot_in_fresh_process(**config)
+    assert warm["source"] == "file" and warm["compiled"] == 0, warm
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_two_cold_profiles_in_fresh_processes_agree_within_64_mib(tmp_path, eager):
+    """And compiling counts for nothing: a profile that finds every kernel compiled agrees with them too."""
+    config = dict(model="qwen3-0.6b", max_model_len=4096, max_num_seqs=64, max_num_batched_tokens=4096,
+                  enforce_eager=eager, kv_cache_policy="full", plan_store="none")
+    first = boot_in_fresh_process(**config, kernel_cache_dir=str(tmp_path / "first"))
+    second = boot_in_fresh_process(**config, kernel_cache_dir=str(tmp_path / "second"))
+    compiled = boot_in_fresh_process(**config, kernel_cache_dir=str(tmp_path / "first"))
+    assert first["source"] == second["source"] == compiled["source"] == "profile"
+    assert first["compiled"] > 0 and compiled["compiled"] == 0
+    for other in (second, compiled):
+        assert abs(first["full"] - other["full"]) <= 64 * MiB, (first["components"], other["components"])
