@@ -27,6 +27,7 @@ from service.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, mod
 from service.proto.kvmemo.v1 import kvmemo_pb2, kvmemo_pb2_grpc
 from service.server.kserve import KServeServicer
 from service.server.kvmemo_api import KvmemoServicer
+from service.server.malformed import MalformedRequestInterceptor
 from service.server.rejections import MethodInterceptor
 from service.server.state import Limits, ServerState
 
@@ -49,7 +50,7 @@ class ServeOptions:
 
 def build_server(state: ServerState, health_servicer) -> grpc.aio.Server:
     size = state.limits.max_message_bytes
-    server = grpc.aio.server(interceptors=[MethodInterceptor()],
+    server = grpc.aio.server(interceptors=[MethodInterceptor(), MalformedRequestInterceptor()],
                              options=[("grpc.max_receive_message_length", size),
                                                ("grpc.max_send_message_length", size)])
     kvmemo_pb2_grpc.add_KvmemoServiceServicer_to_server(KvmemoServicer(state), server)
