@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
@@ -27,6 +27,7 @@ from service.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, mod
 from service.proto.kvmemo.v1 import kvmemo_pb2, kvmemo_pb2_grpc
 from service.server.kserve import KServeServicer
 from service.server.kvmemo_api import KvmemoServicer
+from service.server.health import HealthServicer
 from service.server.malformed import MalformedRequestInterceptor
 from service.server.rejections import MethodInterceptor
 from service.server.state import Limits, ServerState
@@ -124,7 +125,7 @@ async def drain(state: ServerState, server: grpc.aio.Server, health_servicer, gr
 
 async def serve(config: EngineConfig, options: ServeOptions) -> int:
     state = ServerState(options.model_name, config, options.limits or Limits())
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer(HEALTH_NAMES)
     for name in HEALTH_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server = build_server(state, health_servicer)
