@@ -28,7 +28,7 @@ from service.proto.kvmemo.v1 import kvmemo_pb2, kvmemo_pb2_grpc
 from service.server.kserve import KServeServicer
 from service.server.kvmemo_api import KvmemoServicer
 from service.server.health import HealthServicer
-from service.server.malformed import MalformedRequestInterceptor
+from service.server.guard import GuardInterceptor
 from service.server.rejections import MethodInterceptor
 from service.server.state import Limits, ServerState
 
@@ -51,7 +51,7 @@ class ServeOptions:
 
 def build_server(state: ServerState, health_servicer) -> grpc.aio.Server:
     size = state.limits.max_message_bytes
-    server = grpc.aio.server(interceptors=[MethodInterceptor(), MalformedRequestInterceptor()],
+    server = grpc.aio.server(interceptors=[MethodInterceptor(), GuardInterceptor()],
                              options=[("grpc.max_receive_message_length", size),
                                                ("grpc.max_send_message_length", size)])
     kvmemo_pb2_grpc.add_KvmemoServiceServicer_to_server(KvmemoServicer(state), server)

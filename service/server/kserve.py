@@ -13,7 +13,7 @@ from service.errors import quote
 from service.proto.inference import grpc_service_pb2 as pb
 from service.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.proto.inference import model_config_pb2 as mc
-from service.server.malformed import Malformed
+from service.server.guard import INTERNAL_MESSAGE, Malformed
 from service.server.rejections import REJECTIONS
 from service.server.requests import Timing, abort_with, check_request_id, encode_prompt, error_text, generate
 from service.server.state import RequestError, ServerState
@@ -140,15 +140,14 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await responses.put(pb.ModelStreamInferResponse(infer_response=response))
         except RequestError as e:
             await responses.put(self._stream_error(request, e))
-        except Exception:  # a bug fails this request alone; the stream stays open
-            log.exception("ModelStreamInfer: a request failed")
-            await responses.put(self._stream_error(request, RequestError(
-                grpc.StatusCode.INTERNAL, "internal error: the server failed this request; its log has the cause")))
+        except Exception as e:  # a bug fails this request alone; the stream stays open
+            await responses.put(self._stream_error(request, RequestError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE), e))
 
-    def _stream_error(self, request, error: RequestError) -> pb.ModelStreamInferResponse:
+    def _stream_error(self, request, error: RequestError, cause: Exception | None = None) -> pb.ModelStreamInferResponse:
         """As Triton does: a failed request is reported in the stream, which stays open for the others. Its
         response is final (triton_final_response), so a client waiting for the end of that request stops."""
-        REJECTIONS.record(error.code, error.message)
+        if REJECTIONS.record(error.code, error.message) and cause is not None:  # within the rate limit
+            log.error("a ModelStreamInfer request failed", exc_info=cause)
         failed = pb.ModelInferResponse(model_name=self.state.model_name, model_version=MODEL_VERSION)
         if isinstance(request, pb.ModelInferRequest) and len(request.id) <= MAX_REQUEST_ID_CHARS:
             failed.id = request.id
