@@ -11,7 +11,6 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
 
 from service.engine.sampling_params import MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS
 from service.proto.inference import grpc_service_pb2 as kpb
