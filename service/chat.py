@@ -5,7 +5,7 @@ import json
 from datetime import datetime
 from functools import lru_cache
 
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, quote
 
 ROLES = ("system", "user", "assistant")
 MAX_MESSAGES = 256
@@ -23,7 +23,7 @@ def check_messages(messages: list[tuple[str, str]]) -> None:
         raise InvalidRequest("messages", f"{len(messages)} messages; the limit is {MAX_MESSAGES}")
     for i, (role, content) in enumerate(messages):
         if role not in ROLES:
-            raise InvalidRequest(f"messages[{i}].role", f"{role!r} is not one of {', '.join(ROLES)}")
+            raise InvalidRequest(f"messages[{i}].role", f"{quote(role)} is not one of {', '.join(ROLES)}")
         if not content and role != "assistant":
             raise InvalidRequest(f"messages[{i}].content", f"must not be empty in a {role} message")
 
@@ -67,9 +67,9 @@ def render_chat(tokenizer, messages: list[tuple[str, str]], add_generation_promp
                                bos_token=getattr(tokenizer, "bos_token", None) or "",
                                eos_token=getattr(tokenizer, "eos_token", None) or "")
     except jinja2.TemplateError as e:  # raise_exception, a syntax error, an undefined name
-        raise InvalidRequest("messages", f"the model's chat template rejected the conversation: {e}") from None
+        raise InvalidRequest("messages", f"the model's chat template rejected the conversation: {quote(str(e), 200)}") from None
     except Exception as e:  # the template is the model's code: a type error in it fails this request only
-        raise InvalidRequest("messages", f"the model's chat template failed: {type(e).__name__}: {e}") from None
+        raise InvalidRequest("messages", f"the model's chat template failed: {quote(str(e), 200)}") from None
 
 
 def encode_chat(tokenizer, text: str) -> list[int]:

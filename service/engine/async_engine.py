@@ -14,7 +14,7 @@ from service.engine.engine import LLMEngine
 from service.engine.outputs import RequestOutput
 from service import faults
 from service.engine.sampling_params import SamplingParams
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, quote
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class AsyncEngine:
         and frees its KV blocks."""
         self.engine.validate(request_id, prompt_token_ids, params)
         if request_id in self._streams:
-            raise InvalidRequest("request_id", f"{request_id!r} is already in flight")
+            raise InvalidRequest("request_id", f"{quote(request_id)} is already in flight")
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), stream)
         self._send(("add", request_id, list(prompt_token_ids), params))

@@ -1,9 +1,25 @@
 """Incremental detokenization with stop strings.
 
 Text is released only once it is stable: a trailing partial UTF-8 character waits for its next token,
-and a tail that could still become a stop string is held back until it cannot."""
+and a tail that could still become a stop string is held back until it cannot.
 
-from dataclasses import dataclass
+Each stop string is matched with a Knuth-Morris-Pratt automaton fed only the new characters, so a token costs
+the same however long the text and the stop strings are (at most MAX_STOP_STRINGS of MAX_STOP_STRING_CHARS)."""
+
+from dataclasses import dataclass, field
+
+
+def prefix_function(s: str) -> list[int]:
+    """fail[i]: the length of the longest proper prefix of s[:i + 1] that is also its suffix."""
+    fail = [0] * len(s)
+    k = 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fail[k - 1]
+        if s[i] == s[k]:
+            k += 1
+        fail[i] = k
+    return fail
 
 
 @dataclass(slots=True)
@@ -13,6 +29,13 @@ class Detokenizer:
     emitted: int = 0  # characters of text already released
     prefix_offset: int = 0  # decoding restarts a few tokens back, so each step costs O(1), not O(length)
     read_offset: int = 0
+    fed: int = 0  # characters of text the stop automata have seen
+    matched: list[int] = field(default_factory=list)  # per stop string: its prefix that ends the text
+    fail: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.matched = [0] * len(self.stop)
+        self.fail = [prefix_function(s) for s in self.stop]
 
     def update(self, tokenizer, output_ids: list[int]) -> tuple[str, bool]:
         """Returns (newly released text, whether a stop string was hit)."""
@@ -21,19 +44,32 @@ class Detokenizer:
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
             self.text += new_text[len(prefix_text) :]
             self.prefix_offset, self.read_offset = self.read_offset, len(output_ids)
-        full = self.text
-        for s in self.stop:
-            at = full.find(s, max(0, self.emitted - len(s) + 1))
-            if at != -1:
-                self.text = full[:at]
-                return self._release(len(self.text)), True
-        hold = 0
-        for s in self.stop:
-            for k in range(min(len(s) - 1, len(full)), 0, -1):
-                if full.endswith(s[:k]):
-                    hold = max(hold, k)
+        stop_at = self._feed()
+        if stop_at is not None:
+            self.text = self.text[:stop_at]
+            return self._release(len(self.text)), True
+        return self._release(len(self.text) - max(self.matched, default=0)), False
+
+    def _feed(self) -> int | None:
+        """Feeds the new characters to every stop string's automaton; the start of the earliest match, if any."""
+        earliest = None
+        for i, s in enumerate(self.stop):
+            if not s:  # validation rejects empty stop strings
+                continue
+            k, fail = self.matched[i], self.fail[i]
+            for at in range(self.fed, len(self.text)):
+                c = self.text[at]
+                while k and c != s[k]:
+                    k = fail[k - 1]
+                if c == s[k]:
+                    k += 1
+                if k == len(s):
+                    start = at + 1 - len(s)
+                    earliest = start if earliest is None else min(earliest, start)
                     break
-        return self._release(len(full) - hold), False
+            self.matched[i] = k
+        self.fed = len(self.text)
+        return earliest
 
     def flush(self) -> str:
         return self._release(len(self.text))

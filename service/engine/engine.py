@@ -12,10 +12,11 @@ from service.engine.block_manager import BlockManager
 from service.engine.detokenizer import Detokenizer
 from service.engine.model_runner import ModelRunner
 from service.engine.outputs import RequestOutput
+from service.engine.sampler import SamplerOutput
 from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import SampledToken, Scheduler, ScheduledSeq
 from service.engine.sequence import Sequence
-from service.errors import ConfigError, InvalidRequest
+from service.errors import ConfigError, InvalidRequest, quote
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         bad = next((t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
         if bad is not None:
-            raise InvalidRequest("prompt_token_ids", f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+            raise InvalidRequest("prompt_token_ids", f"token id {quote(bad)} is outside the vocabulary [0, {vocab})")
         params.validate(vocab)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -114,7 +115,17 @@ class LLMEngine:
             sampling, sampled = self.runner.run(batch)
         except torch.OutOfMemoryError as e:
             return self._fail_batch(batch, e)
-        return [self._output(t) for t in self.scheduler.update_from_output(batch, sampling, sampled)]
+        failed = [(sampling[i].seq, why) for i, why in sampled.failed.items()]
+        if failed:  # validation should have stopped these; they fail alone, their neighbours keep their tokens
+            keep = [i for i in range(len(sampling)) if i not in sampled.failed]
+            sampling = [sampling[i] for i in keep]
+            sampled = SamplerOutput([sampled.token_ids[i] for i in keep], [sampled.logprobs[i] for i in keep])
+        outputs = [self._output(t) for t in self.scheduler.update_from_output(batch, sampling, sampled)]
+        for seq, why in failed:
+            log.error("request %s failed in the sampler: %s", seq.request_id, why)
+            self.scheduler.finish(seq, "error")
+            outputs.append(self._finished_output(seq, "", error=f"internal error: {why}"))
+        return outputs
 
     def _output(self, t: SampledToken) -> RequestOutput:
         seq = t.seq

@@ -2,9 +2,12 @@
 
 Sampling uses the exponential-race trick: argmax(p / E) with E ~ Exp(1) draws from p. Rows with a seed
 draw their noise from a generator seeded by (seed, output index), so a seeded request gives the same
-tokens whatever else shares its batch."""
+tokens whatever else shares its batch.
 
-from dataclasses import dataclass
+Validation bounds every parameter before a request gets here; should a row's parameters still not make a
+tensor, that row is sampled greedily and reported in `failed`, and the engine fails that request alone."""
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +24,38 @@ class SamplingBatch:
 class SamplerOutput:
     token_ids: list[int]
     logprobs: list[list[tuple[int, float]] | None]  # per row: [(sampled id, lp), (top ids, lp)...] or None
+    failed: dict[int, str] = field(default_factory=dict)  # row -> why its parameters could not be used
+
+
+@dataclass(slots=True)
+class Row:
+    """One row's parameters as plain floats and ints that fit a tensor."""
+    greedy: bool
+    temperature: float = 1.0
+    top_k: int = 0  # clamped to the vocabulary, so any count fits an int64
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+
+    @property
+    def filters(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
+
+
+def rows_of(params: list[SamplingParams], vocab: int) -> tuple[list[Row], dict[int, str]]:
+    rows, failed = [], {}
+    for i, p in enumerate(params):
+        try:
+            if p.greedy:
+                rows.append(Row(True))
+                continue
+            seed = None if p.seed is None else int(p.seed) % (2**63)
+            rows.append(Row(False, float(p.temperature), min(int(p.top_k), vocab), float(p.top_p), float(p.min_p),
+                            seed))
+        except (TypeError, ValueError, OverflowError) as e:
+            rows.append(Row(True))
+            failed[i] = f"sampling parameters unusable ({e})"
+    return rows, failed
 
 
 def _apply_top_k_top_p_min_p(logits, top_k, top_p, min_p):
@@ -42,37 +77,38 @@ def _apply_top_k_top_p_min_p(logits, top_k, top_p, min_p):
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     """logits: [rows, vocab] float32, one row per sampling sequence."""
     device = logits.device
-    params = batch.params
-    if all(p.greedy for p in params):  # no softmax or noise over the vocabulary
-        return _with_logprobs(logits, logits.argmax(dim=-1), params)
-    greedy = torch.tensor([p.greedy for p in params], device=device)
-    temperature = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)
+    rows, failed = rows_of(batch.params, logits.shape[-1])
+    if all(r.greedy for r in rows):  # no softmax or noise over the vocabulary
+        return _with_logprobs(logits, logits.argmax(dim=-1), batch.params, failed)
+    greedy = torch.tensor([r.greedy for r in rows], device=device)
+    temperature = torch.tensor([r.temperature for r in rows], device=device)
     scaled = logits / temperature.unsqueeze(1)
-    if any(p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0 for p in params if not p.greedy):
-        top_k = torch.tensor([p.top_k for p in params], device=device)
-        top_p = torch.tensor([p.top_p for p in params], device=device)
-        min_p = torch.tensor([p.min_p for p in params], device=device)
+    if any(r.filters for r in rows if not r.greedy):
+        top_k = torch.tensor([r.top_k for r in rows], device=device)
+        top_p = torch.tensor([r.top_p for r in rows], device=device)
+        min_p = torch.tensor([r.min_p for r in rows], device=device)
         scaled = _apply_top_k_top_p_min_p(scaled, top_k, top_p, min_p)
     probs = scaled.softmax(dim=-1)
     noise = torch.empty_like(probs).exponential_()
-    for i, p in enumerate(params):
-        if p.seed is not None and not p.greedy:
+    for i, r in enumerate(rows):
+        if r.seed is not None and not r.greedy:
             gen = torch.Generator(device=device)
-            gen.manual_seed((p.seed * 1_000_003 + batch.output_lens[i]) % (2**63))
+            gen.manual_seed((r.seed * 1_000_003 + batch.output_lens[i]) % (2**63))
             noise[i].exponential_(generator=gen)
     sampled = torch.where(greedy, logits.argmax(dim=-1), (probs / noise).argmax(dim=-1))
-    return _with_logprobs(logits, sampled, params)
+    return _with_logprobs(logits, sampled, batch.params, failed)
 
 
-def _with_logprobs(logits: torch.Tensor, sampled: torch.Tensor, params: list[SamplingParams]) -> SamplerOutput:
+def _with_logprobs(logits: torch.Tensor, sampled: torch.Tensor, params: list[SamplingParams],
+                   failed: dict[int, str]) -> SamplerOutput:
     """The one host transfer of a step: sampled ids, and the requested logprobs with them."""
     rows = len(params)
     want_logprobs = [p.logprobs is not None for p in params]
     if not any(want_logprobs):
-        return SamplerOutput(sampled.tolist(), [None] * rows)
+        return SamplerOutput(sampled.tolist(), [None] * rows, failed)
     logprobs = logits.log_softmax(dim=-1)
     top_n = max(p.logprobs for p in params if p.logprobs is not None)
-    top_values, top_ids = logprobs.topk(max(top_n, 1), dim=-1)
+    top_values, top_ids = logprobs.topk(min(max(top_n, 1), logits.shape[-1]), dim=-1)
     chosen = logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
     ids, chosen, top_values, top_ids = sampled.tolist(), chosen.tolist(), top_values.tolist(), top_ids.tolist()
     out = []
@@ -81,4 +117,4 @@ def _with_logprobs(logits: torch.Tensor, sampled: torch.Tensor, params: list[Sam
             out.append(None)
         else:
             out.append([(ids[i], chosen[i])] + list(zip(top_ids[i][: p.logprobs], top_values[i][: p.logprobs])))
-    return SamplerOutput(ids, out)
+    return SamplerOutput(ids, out, failed)

@@ -92,7 +92,7 @@ class Scheduler:
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
-        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
+        if token in p.stop_token_set or (not p.ignore_eos and token in self.eos_token_ids):
             return "stop"
         if len(seq.output_token_ids) >= seq.max_output_tokens or seq.num_tokens >= self.max_model_len:
             return "length"

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
@@ -26,6 +26,8 @@ from service.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, mod
 from service.proto.kvmemo.v1 import kvmemo_pb2, kvmemo_pb2_grpc
 from service.server.kserve import KServeServicer
 from service.server.kvmemo_api import KvmemoServicer
+from service.server.health import HealthServicer
+from service.server.guard import GuardInterceptor
 from service.server.rejections import MethodInterceptor
 from service.server.state import Limits, ServerState
 
@@ -57,7 +59,7 @@ def build_server(state: ServerState, health_servicer, options: ServeOptions) -> 
         # since they connected get traffic. No max_connection_age_grace: streams in flight on the old
         # connection finish however long they take (gRPC's default), only new RPCs move.
         channel_options.append(("grpc.max_connection_age_ms", int(options.max_connection_age_seconds * 1000)))
-    server = grpc.aio.server(interceptors=[MethodInterceptor()], options=channel_options)
+    server = grpc.aio.server(interceptors=[MethodInterceptor(), GuardInterceptor()], options=channel_options)
     kvmemo_pb2_grpc.add_KvmemoServiceServicer_to_server(KvmemoServicer(state), server)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -143,7 +145,7 @@ async def stop_serving(state: ServerState, health_servicer, why: str) -> None:
 
 async def serve(config: EngineConfig, options: ServeOptions) -> int:
     state = ServerState(options.model_name, config, options.limits or Limits())
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer(HEALTH_NAMES)
     for name in HEALTH_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server = build_server(state, health_servicer, options)

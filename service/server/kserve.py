@@ -2,20 +2,25 @@
 ModelInfer) and Triton's ModelStreamInfer and ModelConfig, for one decoupled LLM model."""
 
 import asyncio
+import logging
 from contextlib import aclosing
 from importlib.metadata import version
 
 import grpc
 
+from service.engine.engine import MAX_REQUEST_ID_CHARS
+from service.errors import quote
 from service.proto.inference import grpc_service_pb2 as pb
 from service.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.proto.inference import model_config_pb2 as mc
+from service.server.guard import INTERNAL_MESSAGE, Malformed
 from service.server.rejections import REJECTIONS
-from service.server.requests import Timing, abort_with, encode_prompt, generate
+from service.server.requests import Timing, abort_with, check_request_id, encode_prompt, error_text, generate
 from service.server.state import RequestError, ServerState
 from service.server.tensors import invalid, output, read_inputs
 from service.server.triton_llm import LLMRequest, llm_request
 
+log = logging.getLogger(__name__)
 MODEL_VERSION = "1"
 # (name, datatype, shape, optional): the vLLM backend's tensors plus the per-field ones
 INPUTS = [("text_input", "BYTES", [1], False), ("stream", "BOOL", [1], True),
@@ -41,7 +46,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.state.check_model(name)
         if version_ and version_ != MODEL_VERSION:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"model {name!r} has no version {version_!r}; its only version is {MODEL_VERSION!r}")
+                               f"model {quote(name)} has no version {quote(version_)}; its only version is {MODEL_VERSION!r}")
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -83,6 +88,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _parse(self, request: pb.ModelInferRequest) -> LLMRequest:
         self._check_model(request.model_name, request.model_version)
+        check_request_id(request.id)
         return llm_request(read_inputs(request))
 
     def _response(self, request, llm: LLMRequest, text: str, out, final: bool) -> pb.ModelInferResponse:
@@ -124,16 +130,29 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         except RequestError as e:
             await abort_with(context, e)
 
-    async def _stream_one(self, request: pb.ModelInferRequest, responses: asyncio.Queue) -> None:
+    async def _stream_one(self, request: pb.ModelInferRequest | Malformed, responses: asyncio.Queue) -> None:
+        """Every request on the stream gets an answer: its responses, or one final error response."""
         try:
+            if isinstance(request, Malformed):
+                raise invalid(request.message)
             llm = self._parse(request)
             async for response in self._run(request, llm, streaming=llm.stream):
                 await responses.put(pb.ModelStreamInferResponse(infer_response=response))
         except RequestError as e:
-            # As Triton does: a failed request is reported in the stream, which stays open for others.
-            REJECTIONS.record(e.code, e.message)
-            failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
-            await responses.put(pb.ModelStreamInferResponse(error_message=e.message, infer_response=failed))
+            await responses.put(self._stream_error(request, e))
+        except Exception as e:  # a bug fails this request alone; the stream stays open
+            await responses.put(self._stream_error(request, RequestError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE), e))
+
+    def _stream_error(self, request, error: RequestError, cause: Exception | None = None) -> pb.ModelStreamInferResponse:
+        """As Triton does: a failed request is reported in the stream, which stays open for the others. Its
+        response is final (triton_final_response), so a client waiting for the end of that request stops."""
+        if REJECTIONS.record(error.code, error.message) and cause is not None:  # within the rate limit
+            log.error("a ModelStreamInfer request failed", exc_info=cause)
+        failed = pb.ModelInferResponse(model_name=self.state.model_name, model_version=MODEL_VERSION)
+        if isinstance(request, pb.ModelInferRequest) and len(request.id) <= MAX_REQUEST_ID_CHARS:
+            failed.id = request.id
+        failed.parameters["triton_final_response"].bool_param = True
+        return pb.ModelStreamInferResponse(error_message=error_text(error), infer_response=failed)
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Each request on the stream runs concurrently; its responses are interleaved with the others'."""

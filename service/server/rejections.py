@@ -67,7 +67,8 @@ class RejectionLog:
         self.lock = threading.Lock()
         self.flush_scheduled = False
 
-    def record(self, code: grpc.StatusCode, message: str, method: str | None = None) -> None:
+    def record(self, code: grpc.StatusCode, message: str, method: str | None = None) -> bool:
+        """Logs the rejection unless the rate limit holds it back; returns whether it was logged."""
         with self.lock:
             allowed = self.limiter.allow()
             if not allowed and not self.flush_scheduled:
@@ -77,6 +78,7 @@ class RejectionLog:
             more = "…" if len(message) > MESSAGE_CHARS else ""
             level = logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.INFO
             log.log(level, "rejected %s: %s: %s%s", method or current_method.get(), code.name, text, more)
+        return allowed
 
     def _schedule_flush(self) -> bool:
         """The summary is written when the window ends, also when no further rejection comes to trigger it."""

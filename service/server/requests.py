@@ -84,6 +84,15 @@ async def generate(state: ServerState, prompt_ids: list[int], params: SamplingPa
             metrics.request_success.labels(m, reason).inc()
 
 
+# grpc drops a status whose details pass its 16 KiB metadata limit, so every message is cut well below it
+# (messages quote at most a short prefix of client input; this is the backstop).
+MAX_ERROR_CHARS = 1024
+
+
+def error_text(error: RequestError) -> str:
+    return error.message if len(error.message) <= MAX_ERROR_CHARS else error.message[:MAX_ERROR_CHARS] + "…"
+
+
 async def abort_with(context: grpc.aio.ServicerContext, error: RequestError):
     REJECTIONS.record(error.code, error.message)
-    await context.abort(error.code, error.message)
+    await context.abort(error.code, error_text(error))

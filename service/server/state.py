@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from service import metrics
+from service.errors import quote
 from service.boot import BootReport
 from service.config import EngineConfig
 from service.engine.async_engine import AsyncEngine
@@ -50,7 +51,7 @@ class ServerState:
     def check_model(self, name: str) -> None:
         if name and name != self.model_name:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"model {name!r} is not served here; this server serves {self.model_name!r}")
+                               f"model {quote(name)} is not served here; this server serves {self.model_name!r}")
 
     def admit(self) -> None:
         """Counts one more request in flight, or raises RequestError saying which limit stops it."""

@@ -11,7 +11,13 @@ import json
 from dataclasses import dataclass
 
 from service.engine.sampling_params import DEFAULT_MAX_TOKENS, SamplingParams
+from service.errors import quote
 from service.server.tensors import invalid
+
+MAX_SAMPLING_PARAMETERS_BYTES = 64 << 10  # the JSON object (docs/limits.md); its lists are bounded by validation
+BYTES_INPUTS = ("text_input", "sampling_parameters")
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+              type(None): "null"}
 
 # sampling field -> the Python types its JSON or tensor value may have (bool is no int here)
 FIELDS = {"max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "min_p": float, "seed": int,
@@ -45,15 +51,15 @@ def coerce(name: str, value, kind: type):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise invalid(f"{name}: must be true or false, got {value!r}")
+        raise invalid(f"{name}: must be true or false, got {quote(value)}")
     if isinstance(value, bool):
-        raise invalid(f"{name}: must be a number, got {value!r}")
+        raise invalid(f"{name}: must be a number, got {quote(value)}")
     try:
         converted = kind(value)
     except (TypeError, ValueError, OverflowError):
-        raise invalid(f"{name}: must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        raise invalid(f"{name}: must be {'an integer' if kind is int else 'a number'}, got {quote(value)}") from None
     if kind is int and isinstance(value, float) and value != converted:
-        raise invalid(f"{name}: must be an integer, got {value!r}")
+        raise invalid(f"{name}: must be an integer, got {quote(value)}")
     return converted
 
 
@@ -68,12 +74,16 @@ def sampling_fields(inputs: dict) -> dict:
     fields = {}
     if "sampling_parameters" in inputs:
         raw = single(inputs, "sampling_parameters")
+        if len(raw) > MAX_SAMPLING_PARAMETERS_BYTES:
+            raise invalid(f"sampling_parameters: {len(raw)} bytes; the limit is {MAX_SAMPLING_PARAMETERS_BYTES}")
         try:
             fields = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise invalid(f"sampling_parameters: not valid JSON ({e})") from None
+        except ValueError as e:  # also bad UTF-8
+            raise invalid(f"sampling_parameters: not valid JSON ({quote(str(e), 80)})") from None
+        except RecursionError:
+            raise invalid("sampling_parameters: not valid JSON (nested too deeply)") from None
         if not isinstance(fields, dict):
-            raise invalid(f"sampling_parameters: must be a JSON object, got {type(fields).__name__}")
+            raise invalid(f"sampling_parameters: must be a JSON object, got {JSON_KINDS.get(type(fields), 'no object')}")
     for name, (datatype, values) in inputs.items():
         key = ALIASES.get(name, name)
         if key in FIELDS:
@@ -84,7 +94,10 @@ def sampling_fields(inputs: dict) -> dict:
 def llm_request(inputs: dict) -> LLMRequest:
     unknown = sorted(set(inputs) - KNOWN_INPUTS)
     if unknown:
-        raise invalid(f"inputs {unknown} are not known; known inputs: {', '.join(sorted(KNOWN_INPUTS))}")
+        raise invalid(f"inputs {quote(unknown)} are not known; known inputs: {', '.join(sorted(KNOWN_INPUTS))}")
+    for name in BYTES_INPUTS:
+        if name in inputs and inputs[name][0] != "BYTES":
+            raise invalid(f"{name}: must be a BYTES tensor, got {inputs[name][0]}")
     if "text_input" not in inputs:
         raise invalid("text_input: missing; send the prompt as a BYTES tensor of shape [1]")
     text = single(inputs, "text_input")
@@ -95,7 +108,7 @@ def llm_request(inputs: dict) -> LLMRequest:
     fields = {ALIASES.get(k, k): v for k, v in sampling_fields(inputs).items()}
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
-        raise invalid(f"sampling_parameters: {unknown} are not known; known fields: {', '.join(FIELDS)}")
+        raise invalid(f"sampling_parameters: {quote(unknown)} are not known; known fields: {', '.join(FIELDS)}")
     kwargs = {k: coerce(k, v, FIELDS[k]) for k, v in fields.items() if v is not None}
     kwargs.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     for key in ("stop", "stop_token_ids"):

@@ -40,3 +40,22 @@ def test_seeded_rows_repeat_and_differ_by_step():
     a = sample(logits, SamplingBatch([params, params], [0, 1])).token_ids
     b = sample(logits, SamplingBatch([params, params], [0, 1])).token_ids
     assert a == b and a[0] != a[1]
+
+
+def test_a_temperature_below_the_epsilon_is_greedy():
+    from service.engine.sampling_params import TEMPERATURE_EPSILON
+    assert SamplingParams(temperature=5e-324).greedy and SamplingParams(temperature=TEMPERATURE_EPSILON / 2).greedy
+    assert not SamplingParams(temperature=TEMPERATURE_EPSILON).greedy
+    assert draw(SamplingParams(temperature=5e-324))[0] == 1.0
+
+
+def test_a_row_whose_parameters_make_no_tensor_fails_alone():
+    """Validation stops these; should one get through, only its row is marked failed, and a top_k past any
+    int64 is clamped to the vocabulary rather than overflowing the batch's tensor."""
+    torch.manual_seed(0)
+    logits = LOGITS.expand(3, -1).contiguous()
+    params = [SamplingParams(temperature=1.0, top_k=10**30), SamplingParams(temperature=1.0, top_p="x"),
+              SamplingParams(temperature=0)]
+    out = sample(logits, SamplingBatch(params, [0, 0, 0]))
+    assert set(out.failed) == {1} and "sampling parameters" in out.failed[1]
+    assert out.token_ids[2] == 0 and len(out.token_ids) == 3

@@ -119,3 +119,20 @@ def test_max_tokens_past_the_context_is_capped_and_says_so(tiny_runner):
     assert last["capped"].finish_reason == "length" and last["capped"].num_output_tokens == 64 - 10
     assert last["capped"].max_tokens_capped_to == 64 - 10
     assert last["fits"].num_output_tokens == 54 and last["fits"].max_tokens_capped_to is None
+
+
+def test_a_request_that_breaks_the_sampler_fails_alone(tiny_runner):
+    """The second line of defence: parameters that validation would have stopped, added past it, end that
+    request with an error; the request beside it in the same steps gets all its tokens."""
+    engine = make_engine(tiny_runner)
+    engine.add_request("good", [256, 1, 2, 3], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    engine.add_request("bad", [256, 1, 2], SamplingParams(max_tokens=8))
+    engine.sequences["bad"].params.top_p = "not a number"  # past validation, as a bug would
+    outputs = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            outputs.setdefault(out.request_id, []).append(out)
+    assert outputs["bad"][-1].finish_reason == "error" and "sampling parameters" in outputs["bad"][-1].error
+    assert outputs["good"][-1].finish_reason == "length"
+    assert sum(len(o.new_token_ids) for o in outputs["good"]) == 8
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_usable_blocks

@@ -21,6 +21,14 @@ def test_health_is_serving_for_the_server_and_each_service(channel, service):
     assert health_status(channel, service) == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_health_list_names_every_service(channel):
+    """grpcio-health-checking's asyncio servicer left List UNIMPLEMENTED ("Unexpected <class ...>")."""
+    from grpc_health.v1 import health_pb2_grpc
+    reply = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=10)
+    assert {name: s.status for name, s in reply.statuses.items()} == {
+        name: health_pb2.HealthCheckResponse.SERVING for name in SERVICES}
+
+
 def test_health_was_not_serving_until_the_engine_was_warm(tmp_path):
     """The server listens before it boots the engine. Its boot waits at a gate (service/faults.py) that opens
     only once health has been seen NOT_SERVING, so the test never races a fast boot."""
