@@ -1,11 +1,10 @@
 """The thin, impure part: the watch enqueues ConfigMaps, one worker reconciles the newest copy of each,
 writes the patch, posts Events and counts."""
 
-import hashlib
 import json
 import logging
 import threading
-from collections import OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,36 +13,13 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from controller import faults, metrics
-from controller.reconcile import Event, Settings, reconcile
+from controller.events import COMPONENT, EventRecorder
+from controller.memo import RejectionMemo
+from controller.reconcile import Event, Rejection, Settings, reconcile
 from controller.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
-COMPONENT = "kvmemo-controller"
 MAX_CONFLICT_RETRIES = 5
-MAX_EVENT_MESSAGE = 1000
-# One Warning per distinct bad value, not one per resync; 4096 remembered values are a few hundred KiB.
-MAX_WARNED = 4096
-
-
-class RecentSet:
-    """A set that forgets its least recently seen members beyond `limit`."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._items: OrderedDict = OrderedDict()
-
-    def add(self, item) -> bool:
-        """True when `item` was not in the set."""
-        if item in self._items:
-            self._items.move_to_end(item)
-            return False
-        self._items[item] = None
-        if len(self._items) > self.limit:
-            self._items.popitem(last=False)
-        return True
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 @dataclass
@@ -56,9 +32,14 @@ class Reconciler:
     queue: WorkQueue = field(default_factory=WorkQueue)
     _latest: dict = field(default_factory=dict)  # (namespace, name) -> the newest copy the watch delivered
     _latest_lock: threading.Lock = field(default_factory=threading.Lock)
-    _warned: RecentSet = field(default_factory=lambda: RecentSet(MAX_WARNED))
+    event_interval: float = 60.0
+    memo: RejectionMemo = field(default_factory=RejectionMemo)
+    recorder: EventRecorder | None = None
     _plan_labels: dict = field(default_factory=dict)  # ConfigMap name -> fingerprints with a plan gauge
     beat: Callable[[], None] = lambda: None  # once per round of the worker (controller/liveness.py)
+
+    def __post_init__(self):
+        self.recorder = self.recorder or EventRecorder(self.core, self.identity, self.event_interval, self.clock)
 
     def enqueue(self, configmap: dict) -> None:
         """The watch's handler: keeps the newest copy and queues its key, so the watch never waits on the
@@ -73,6 +54,7 @@ class Reconciler:
         while not stop.is_set():
             self.beat()
             key = self.queue.get(timeout=0.5)
+            self.recorder.flush()
             if key is None:
                 continue
             try:
@@ -103,14 +85,8 @@ class Reconciler:
         return self.core.api_client.sanitize_for_serialization(fresh)
 
     def _reconcile_once(self, configmap: dict) -> str:
-        result = reconcile(configmap, self.settings, self.clock())
-        for rejection in result.rejections:
-            value = (_name(configmap), rejection.key, hashlib.sha256(rejection.raw.encode()).hexdigest())
-            if not self._warned.add(value):
-                continue
-            metrics.REJECTED.labels(rejection.reason).inc()
-            log.warning("rejected %s in ConfigMap %s: %s", rejection.key, _name(configmap), rejection.message)
-            self._event(configmap, Event("Warning", "ReportRejected", rejection.message))
+        result = reconcile(configmap, self.settings, self.clock(), self.memo)
+        self._warn(configmap, [r for r in result.rejections if r.first_seen])
         if result.patch is None:
             self._export_plans(configmap, result.plans)
             return "unchanged"
@@ -136,21 +112,20 @@ class Reconciler:
             metrics.PLAN_BYTES.labels(fp12).set(kv_bytes)
         self._plan_labels[_name(configmap)] = set(plans)
 
+    def _warn(self, configmap: dict, fresh: list[Rejection]) -> None:
+        """Each newly seen bad value: counted, and one Warning through the recorder; one log line for all."""
+        if not fresh:
+            return
+        for rejection in fresh:
+            metrics.REJECTED.labels(rejection.reason).inc()
+            self.recorder.record(configmap, Event("Warning", "ReportRejected", rejection.message))
+        reasons = Counter(r.reason for r in fresh)
+        log.warning("rejected %d new value(s) in ConfigMap %s (%s); the first, %s: %s", len(fresh), _name(configmap),
+                    ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())), fresh[0].key,
+                    fresh[0].message[:300])
+
     def _event(self, configmap: dict, event: Event) -> None:
-        meta = configmap["metadata"]
-        now = self.clock()
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}."),
-            involved_object=client.V1ObjectReference(
-                api_version="v1", kind="ConfigMap", name=meta["name"], namespace=meta["namespace"],
-                uid=meta.get("uid"), resource_version=meta.get("resourceVersion")),
-            type=event.type, reason=event.reason, message=event.message[:MAX_EVENT_MESSAGE],
-            source=client.V1EventSource(component=COMPONENT), reporting_component=COMPONENT,
-            reporting_instance=self.identity, first_timestamp=now, last_timestamp=now, count=1)
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=10)
-        except Exception as exc:  # noqa: BLE001 - an Event is a courtesy; the reconcile already happened
-            log.warning("could not post %s Event %s: %s", event.type, event.reason, exc)
+        self.recorder.record(configmap, event)
 
 
 def _name(configmap: dict) -> str:

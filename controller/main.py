@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync-period", type=duration, default=duration("5m"),
                         help="list everything again this often (pruning needs time to pass, not events) "
                              "(default: 5m)")
+    parser.add_argument("--event-interval", type=duration, default=60.0,
+                        help="Events of one reason on one ConfigMap are aggregated: the first at once, then "
+                             "their count at most this often (default: 60s)")
     parser.add_argument("--lease-name", default="kvmemo-controller",
                         help="the Lease of leader election; only its holder writes plans (default: %(default)s)")
     parser.add_argument("--identity", default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
@@ -92,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
     elector = LeaderElector(client.CoordinationV1Api(api), args.namespace, args.lease_name, args.identity,
                             args.lease_duration, args.renew_deadline, args.retry_period,
                             on_change=lambda leading: metrics.IS_LEADER.set(1 if leading else 0))
-    reconciler = Reconciler(client.CoreV1Api(api), settings, args.identity, elector.is_leader)
+    reconciler = Reconciler(client.CoreV1Api(api), settings, args.identity, elector.is_leader,
+                            event_interval=args.event_interval)
     watcher = ConfigMapWatcher(client.CoreV1Api(api), args.namespace, args.label_selector, reconciler.enqueue,
                                resync_seconds=args.resync_period)
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from service.contract.keys import (FP12, POLICIES, OOM_PREFIX, PLAN_PREFIX, REPORT_PREFIX, now_rfc3339, oom_key,
                                    parse_rfc3339, plan_key, report_key)
+from controller.memo import RejectionMemo
 from service.contract.records import OomEvent, Plan, Rejected, Report, load_object, parse_oom, parse_report
 
 # A pod clock a little ahead is normal; far ahead would keep a report from ever being pruned.
@@ -46,6 +47,7 @@ class Rejection:
     reason: str
     message: str
     raw: str
+    first_seen: bool = True  # False when the memo had already rejected this exact value
 
 
 @dataclass(frozen=True)
@@ -93,31 +95,36 @@ def _report(fp12: str, raw: str, now: datetime) -> Report:
     return report
 
 
-def _oom(fp12: str, raw: str) -> OomEvent | Rejection:
-    try:
-        return parse_oom(fp12, raw)
-    except Rejected as rejected:
-        return Rejection(fp12, oom_key(fp12), rejected.reason, str(rejected), raw)
+def _rejection(fp12: str, key: str, rejected: Rejected, raw: str) -> Rejection:
+    return Rejection(fp12, key, rejected.reason, str(rejected), raw, getattr(rejected, "first_seen", True))
 
 
-def observe(configmap: dict, now: datetime) -> Observed:
-    annotations = (configmap.get("metadata") or {}).get("annotations") or {}
+def _parse(memo: RejectionMemo | None, scope: tuple, key: str, raw: str, parse):
+    return parse() if memo is None else memo.check(scope, key, raw, parse)
+
+
+def observe(configmap: dict, now: datetime, memo: RejectionMemo | None = None) -> Observed:
+    """`memo` only saves work: a value it rejected before is rejected again without parsing it."""
+    meta = configmap.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
     data = configmap.get("data") or {}
+    scope = (meta.get("namespace"), meta.get("name"))
     reported = _suffixes(annotations, REPORT_PREFIX)
-    reports, rejections = {}, []
+    reports, rejections, ooms = {}, [], {}
     for fp12 in sorted(reported):
-        raw = annotations[report_key(fp12)]
+        key, raw = report_key(fp12), annotations[report_key(fp12)]
         try:
-            reports[fp12] = _report(fp12, raw, now)
+            reports[fp12] = _parse(memo, scope, key, raw, lambda: _report(fp12, raw, now))
         except Rejected as rejected:
-            rejections.append(Rejection(fp12, report_key(fp12), rejected.reason, str(rejected), raw))
-            continue
-        oom = _oom(fp12, annotations[oom_key(fp12)]) if oom_key(fp12) in annotations else None
-        if isinstance(oom, Rejection):  # planned from the report alone; the bad record is reported
-            rejections.append(oom)
+            rejections.append(_rejection(fp12, key, rejected, raw))
     # An OOM record is only reported beside a valid report; alone it merely ages out.
-    ooms = {fp12: oom for fp12 in sorted(_suffixes(annotations, OOM_PREFIX))
-            if isinstance(oom := _oom(fp12, annotations[oom_key(fp12)]), OomEvent)}
+    for fp12 in sorted(_suffixes(annotations, OOM_PREFIX)):
+        key, raw = oom_key(fp12), annotations[oom_key(fp12)]
+        try:
+            ooms[fp12] = _parse(memo, scope, key, raw, lambda: parse_oom(fp12, raw))
+        except Rejected as rejected:
+            if fp12 in reports:  # planned from the report alone; the bad record is reported
+                rejections.append(_rejection(fp12, key, rejected, raw))
     plans = {fp12: load_object(data[plan_key(fp12)]) or {} for fp12 in _suffixes(data, PLAN_PREFIX)}
     return Observed(annotations, data, frozenset(reported), reports, ooms, plans, tuple(rejections))
 
@@ -202,8 +209,8 @@ def kept_plans(observed: Observed, plans: dict[str, Plan], prune: dict[str, str]
     return {fp12: kv for fp12, kv in kept.items() if fp12 not in prune}
 
 
-def reconcile(configmap: dict, settings: Settings, now: datetime) -> Result:
-    observed = observe(configmap, now)
+def reconcile(configmap: dict, settings: Settings, now: datetime, memo: RejectionMemo | None = None) -> Result:
+    observed = observe(configmap, now, memo)
     prune = expired(observed, now, settings.plan_ttl_seconds)
     live = {fp12: report for fp12, report in observed.reports.items() if fp12 not in prune}
     plans = desired(live, observed.ooms, settings, now)

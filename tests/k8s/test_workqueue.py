@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from controller.loop import RecentSet
+from controller.memo import RecentSet
 from controller.workqueue import WorkQueue
 from tests.k8s.kube import REPO
 
