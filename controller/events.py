@@ -13,9 +13,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from controller.reconcile import Event
+from service.contract.ownership import CONTROLLER_MANAGER
 
 log = logging.getLogger(__name__)
-COMPONENT = "kvmemo-controller"
+COMPONENT = CONTROLLER_MANAGER  # the Events' source and the field manager of every write
 MAX_EVENT_MESSAGE = 1000
 # A series not seen for this many intervals is forgotten; a later Event of its kind starts a new one.
 IDLE_INTERVALS = 10

@@ -18,6 +18,7 @@ from prometheus_client import Counter
 
 from service.contract.client import load_api_client
 from service.contract.keys import check_fp12, oom_key, plan_key, report_key
+from service.contract.ownership import CONTROLLER_MANAGER, owned_by
 from service.contract.merge import merge_oom, merge_reports, new_report
 from service.contract.records import Rejected, parse_plan
 
@@ -67,13 +68,18 @@ class ConfigMapStore:
         """The plan for this fingerprint, or None (and a log line saying why) when there is none usable."""
         key = plan_key(check_fp12(fp12))
         try:
-            raw = (self._get().get("data") or {}).get(key)
+            configmap = self._get()
+            raw = (configmap.get("data") or {}).get(key)
         except Exception as exc:  # noqa: BLE001 - no plan is a normal outcome: the pod profiles
             PUBLISH_FAILURES.labels("read_plan").inc()
             log.warning("could not read ConfigMap %s/%s for %s: %s", self.namespace, self.name, key, exc)
             return None
         if raw is None:
             log.info("ConfigMap %s/%s has no %s", self.namespace, self.name, key)
+            return None
+        if not owned_by(configmap, CONTROLLER_MANAGER, "data", key):
+            log.warning("%s in ConfigMap %s/%s was not written by the controller (its managedFields name no %s "
+                        "for it); ignoring it", key, self.namespace, self.name, CONTROLLER_MANAGER)
             return None
         try:
             return parse_plan(fp12, raw).to_dict()

@@ -10,7 +10,7 @@ from kubernetes.client.rest import ApiException
 
 import tests.envtest as envtest
 from tests.envtest.clients import admin_client, impersonating_client, service_account_user, token_kubeconfig
-from tests.k8s.kube import PART_OF, apply, load_manifest, new_namespace, ready, start_controller, wait_for
+from tests.k8s.kube import CLUSTER_MANIFESTS, PART_OF, apply, load_manifest, new_namespace, ready, start_controller, wait_for
 from tests.ports import free_port
 
 
@@ -62,7 +62,7 @@ def admin(control_plane):
 @pytest.fixture(scope="session")
 def admission_policy(control_plane, admin):
     """Installed once per session (it is cluster-scoped), and waited for until it enforces."""
-    apply(admin, load_manifest("admission-policy.yaml"))
+    apply(admin, load_manifest("admission-policy.yaml", CLUSTER_MANIFESTS))
     probe = new_namespace(admin, "probe")
     as_pod = impersonating_client(control_plane, service_account_user(probe, "kvmemo"))
 

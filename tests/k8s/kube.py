@@ -14,11 +14,12 @@ from kubernetes import client, utils
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "deploy" / "manifests" / "base"
+CLUSTER_MANIFESTS = REPO / "deploy" / "manifests" / "cluster"
 PART_OF = {"app.kubernetes.io/part-of": "kvmemo"}
 
 
-def load_manifest(name: str) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all((MANIFESTS / name).read_text()) if doc]
+def load_manifest(name: str, where: Path = MANIFESTS) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((where / name).read_text()) if doc]
 
 
 def apply(api: client.ApiClient, docs: list[dict], namespace: str | None = None) -> None:

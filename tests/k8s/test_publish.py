@@ -5,10 +5,11 @@ import socket
 import threading
 
 import pytest
+from kubernetes import client
 from prometheus_client import REGISTRY
 
 from service.publish import ConfigMapStore, Publisher
-from tests.envtest.clients import impersonating_client, service_account_user
+from tests.envtest.clients import token_client
 from tests.k8s.kube import annotate, get_configmap, wait_for
 from tests.k8s.reports import GiB, record
 
@@ -26,20 +27,39 @@ def report_annotation(admin, namespace, fp=FP) -> dict | None:
     return json.loads(raw) if raw else None
 
 
+def write_plans(control_plane, namespace, data: dict, field_manager="kvmemo-controller") -> None:
+    """As the controller writes them: its ServiceAccount's token, its field manager."""
+    with token_client(control_plane, namespace, "kvmemo-controller") as ctl:
+        client.CoreV1Api(ctl).patch_namespaced_config_map(
+            "kvmemo", namespace, {"data": data}, field_manager=field_manager,
+            _content_type="application/merge-patch+json")
+
+
+PLAN = {"fingerprint": FP + "0" * 52, "kv_cache_memory_bytes": 5 * GiB, "free_at_start_bytes": 70 * GiB,
+        "policy": "full", "source": "report", "updated_at": "2026-01-01T00:00:00Z"}
+
+
 def test_read_plan(admin, control_plane, namespace, pod_env):
     s = store()
     assert s.read_plan(FP) is None
-    written = {"fingerprint": FP + "0" * 52, "kv_cache_memory_bytes": 5 * GiB, "free_at_start_bytes": 70 * GiB,
-               "policy": "full", "source": "report", "updated_at": "2026-01-01T00:00:00Z"}
-    with impersonating_client(control_plane, service_account_user(namespace, "kvmemo-controller")) as ctl:
-        from kubernetes import client
-        client.CoreV1Api(ctl).patch_namespaced_config_map("kvmemo", namespace, {"data": {
-            f"kv-cache-plan.{FP}": json.dumps(written), "kv-cache-plan.0123456789ab": "{oops",
-            "kv-cache-plan.00000000000b": json.dumps({**written, "kv_cache_memory_bytes": -1})}},
-            _content_type="application/merge-patch+json")
-    assert s.read_plan(FP) == written
+    write_plans(control_plane, namespace, {
+        f"kv-cache-plan.{FP}": json.dumps(PLAN), "kv-cache-plan.0123456789ab": "{oops",
+        "kv-cache-plan.00000000000b": json.dumps({**PLAN, "kv_cache_memory_bytes": -1})})
+    assert s.read_plan(FP) == PLAN
     assert s.read_plan("0123456789ab") is None
     assert s.read_plan("00000000000b") is None
+
+
+def test_read_plan_refuses_a_plan_the_controller_did_not_write(control_plane, namespace, pod_env, caplog):
+    """Issue 14 item 10: read_plan read by name and never checked. It now serves a plan only when the field
+    manager kvmemo-controller owns it, which the admission policy lets only the controller's ServiceAccount
+    be; here even that account's token, used through another client (kubectl's manager), is refused."""
+    write_plans(control_plane, namespace, {f"kv-cache-plan.{FP}": json.dumps(PLAN)}, field_manager="kubectl-patch")
+    assert store().read_plan(FP) is None
+    assert "was not written by the controller" in caplog.text
+    rewritten = {**PLAN, "updated_at": "2026-01-02T00:00:00Z"}  # an unchanged value moves no ownership
+    write_plans(control_plane, namespace, {f"kv-cache-plan.{FP}": json.dumps(rewritten)})
+    assert store().read_plan(FP) == rewritten
 
 
 def test_merge_keeps_minimum_and_pods(admin, namespace, pod_env):

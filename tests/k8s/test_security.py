@@ -150,3 +150,91 @@ def test_real_service_account_tokens(control_plane, namespace):
         assert attempt(lambda: client.CoreV1Api(pod).list_namespaced_config_map(namespace)) == "rbac"
     with token_client(control_plane, namespace, "kvmemo-controller") as ctl:
         assert attempt(patch(ctl, namespace, {"data": {"kv-cache-plan.abcdef012345": "{}"}})) == "allowed"
+
+
+def plan_by_controller(control_plane, namespace, fp="abcdef012345"):
+    with token_client(control_plane, namespace, "kvmemo-controller") as ctl:
+        client.CoreV1Api(ctl).patch_namespaced_config_map(
+            "kvmemo", namespace, {"data": {f"kv-cache-plan.{fp}": "{}"}}, field_manager="kvmemo-controller",
+            _content_type=MERGE)
+
+
+def test_pod_changes_nothing_but_its_annotations(admin, control_plane, namespace):
+    """Issue 14 item 10: finalizers, ownerReferences and `immutable` (which froze every plan for good) were
+    open to the pod's token; now every field but its own annotations is closed, through every patch type."""
+    uid = client.CoreV1Api(admin).read_namespaced_config_map("kvmemo", namespace).metadata.uid
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "kvmemo", "uid": uid}
+    cases = {
+        "set immutable": ({"immutable": True}, MERGE),
+        "set immutable by JSON patch": ([{"op": "add", "path": "/immutable", "value": True}],
+                                        "application/json-patch+json"),
+        "add a finalizer": ({"metadata": {"finalizers": ["example.com/hold"]}}, MERGE),
+        "add an ownerReference": ({"metadata": {"ownerReferences": [owner]}}, MERGE),
+        "write binaryData": ({"binaryData": {"x": "AAAA"}}, MERGE),
+        "write data by strategic merge": ({"data": {"notes": "x"}}, "application/strategic-merge-patch+json"),
+        "add a label": ({"metadata": {"labels": {"team": "x"}}}, MERGE),
+        "write another annotation": (annotation("kvmemo.io/other", "1"), MERGE),
+    }
+    with token_client(control_plane, namespace, "kvmemo") as pod:
+        core = client.CoreV1Api(pod)
+        outcomes = {name: attempt(lambda: core.patch_namespaced_config_map(
+            "kvmemo", namespace, body, _content_type=kind)) for name, (body, kind) in cases.items()}
+    assert outcomes == {name: "policy" for name in cases}
+    cm = client.CoreV1Api(admin).read_namespaced_config_map("kvmemo", namespace)
+    assert not cm.immutable and not cm.metadata.finalizers and not cm.metadata.owner_references
+
+
+def test_plans_guarded_whatever_the_labels(admin, control_plane, namespace):
+    """Issue 14 item 10: with the part-of label removed, the pod's token and admins wrote plans. The policy
+    no longer looks at labels, and the label of a ConfigMap with plans is the controller's to change."""
+    plan = {"data": {"kv-cache-plan.0123456789ab": "{}"}}
+    plan_by_controller(control_plane, namespace)
+    assert attempt(patch(admin, namespace, {"metadata": {"labels": {"app.kubernetes.io/part-of": None}}})) == "policy"
+    assert attempt(patch(admin, namespace, {"metadata": {"labels": {"app.kubernetes.io/version": "0.2.0"}}})) \
+        == "allowed"  # a helm upgrade relabels
+
+    create_configmap(admin, namespace, "unlabelled")
+    client.CoreV1Api(admin).patch_namespaced_config_map(
+        "unlabelled", namespace, {"metadata": {"labels": None}}, _content_type=MERGE)
+    assert attempt(patch(admin, namespace, plan, name="unlabelled")) == "policy"
+    with token_client(control_plane, namespace, "kvmemo") as pod:
+        assert attempt(patch(pod, namespace, {"metadata": {"labels": None}})) == "policy"
+    # The pods' Role names one ConfigMap; an admin who widens it still cannot let them write plans.
+    client.RbacAuthorizationV1Api(admin).patch_namespaced_role("kvmemo", namespace, {"rules": [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"]}]})
+    with token_client(control_plane, namespace, "kvmemo") as pod:
+        assert attempt(patch(pod, namespace, plan, name="unlabelled")) == "policy"
+
+
+def test_nobody_else_writes_as_the_controller(admin, control_plane, namespace):
+    """read_plan trusts a plan that the field manager kvmemo-controller owns; only the controller may use it."""
+    report = annotation("kvmemo.io/report.abcdef012345", "{}")
+    with token_client(control_plane, namespace, "kvmemo") as pod:
+        forged = lambda: client.CoreV1Api(pod).patch_namespaced_config_map(  # noqa: E731
+            "kvmemo", namespace, report, field_manager="kvmemo-controller", _content_type=MERGE)
+        assert attempt(forged) == "policy"
+    assert attempt(lambda: client.CoreV1Api(admin).patch_namespaced_config_map(
+        "kvmemo", namespace, {"data": {"notes": "x"}}, field_manager="kvmemo-controller", _content_type=MERGE)) \
+        == "policy"
+    # The controller's own entry is untouched by the pods' writes, so they go on as before.
+    plan_by_controller(control_plane, namespace)
+    with token_client(control_plane, namespace, "kvmemo") as pod:
+        assert attempt(patch(pod, namespace, report)) == "allowed"
+        assert attempt(patch(pod, namespace, annotation("kvmemo.io/report.abcdef012345", None))) == "allowed"
+
+
+def test_pods_cannot_take_the_whole_annotation_budget(control_plane, namespace):
+    """Issue 14 item 10: one pod could fill the 256 KiB every annotation shares ("metadata.annotations: Too
+    long"). Each value is at most 8 KiB, each kind at most 128 keys, all of them at most 192 KiB."""
+    with token_client(control_plane, namespace, "kvmemo") as pod:
+        too_long = annotation("kvmemo.io/report.abcdef012345", "x" * 8193)
+        assert attempt(patch(pod, namespace, too_long)) == "policy"
+        many = {"metadata": {"annotations": {f"kvmemo.io/oom.{i:012x}": "{}" for i in range(129)}}}
+        assert attempt(patch(pod, namespace, many)) == "policy"
+        big = {f"kvmemo.io/report.{i:012x}": "x" * 8000 for i in range(24)}  # 192,696 bytes with the keys
+        assert attempt(patch(pod, namespace, {"metadata": {"annotations": big}})) == "allowed"
+        one_more = annotation("kvmemo.io/report.ffffffffffff", "x" * 8000)
+        assert attempt(patch(pod, namespace, one_more)) == "policy"
+        # At the limit, a pod may still rewrite smaller and remove: the limit only stops growth.
+        assert attempt(patch(pod, namespace, annotation("kvmemo.io/report.000000000000", "{}"))) == "allowed"
+        assert attempt(patch(pod, namespace, annotation("kvmemo.io/report.000000000001", None))) == "allowed"
