@@ -8,6 +8,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "kvmemo"
 BASE = ROOT / "deploy" / "manifests" / "base"
+CLUSTER = ROOT / "deploy" / "manifests" / "cluster"  # the cluster-scoped admission policy, installed once
 MONITOR_APIS = [f"monitoring.coreos.com/v1/{kind}" for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")]
 
 

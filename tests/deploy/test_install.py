@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.render import BASE, CHART, objects, run
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.deploy.render import BASE, CHART, CLUSTER, objects, run
+from tests.envtest.clients import token_client
+from tests.k8s.kube import wait_for
 
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -68,9 +73,10 @@ def test_server_dry_run_admits_both_bundles(k, helm, control_plane):
     assert rendered.returncode == 0, rendered.stderr
     chart = k("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=rendered.stdout)
     base = k("apply", "--dry-run=server", "-n", namespace, "-k", str(BASE))
+    cluster = k("apply", "--dry-run=server", "-k", str(CLUSTER))
     count = len(objects(rendered.stdout))
     assert chart.stdout.count("(server dry run)") == count, chart.stdout
-    assert base.stdout.count("(server dry run)") == count, base.stdout
+    assert (base.stdout + cluster.stdout).count("(server dry run)") == count, base.stdout + cluster.stdout
 
 
 def test_kubectl_apply_k(k, control_plane):
@@ -80,8 +86,6 @@ def test_kubectl_apply_k(k, control_plane):
     assert_all_exist(k, namespace, objs)
     assert_pods_admitted(k, namespace, objs)
     assert_restricted_enforced(k, namespace)
-    # The admission policy is cluster-scoped; the Helm test below installs it as part of its release.
-    # (kubectl warns that it deletes a cluster-scoped object, which is the point.)
     deleted = k("delete", "-n", namespace, "-k", str(BASE), "--wait", check=False)
     assert deleted.returncode == 0, deleted.stderr
 
@@ -161,3 +165,65 @@ def test_gpu_values_pods_admitted_with_their_runtime_class(k, helm, control_plan
            "spec": {**spec, "runtimeClassName": "no-such-runtime"}}
     p = k("create", "-n", namespace, "-f", "-", stdin=json.dumps(pod), check=False)
     assert p.returncode != 0 and "no-such-runtime" in p.stderr, p.stderr
+
+
+POLICY = "kvmemo-configmap-guard"
+PLAN = {"data": {"kv-cache-plan.abcdef012345": "{}"}}
+
+
+def pod_writes(control_plane, namespace: str, body: dict) -> str:
+    """'allowed' or 'denied': a patch of the ConfigMap kvmemo with the pods' own ServiceAccount token."""
+    with token_client(control_plane, namespace, "kvmemo") as pod:
+        try:
+            client.CoreV1Api(pod).patch_namespaced_config_map(
+                "kvmemo", namespace, body, _content_type="application/merge-patch+json")
+            return "allowed"
+        except ApiException as exc:
+            assert exc.status in (403, 422) and POLICY in (exc.body or ""), exc.body
+            return "denied"
+
+
+def assert_guarded(k, control_plane, namespace: str) -> None:
+    """The policy object exists and turns the pods' plan write away (waiting only for a new policy to load),
+    while their report write goes through: the denial is the policy's, not RBAC's."""
+    k("get", f"validatingadmissionpolicy/{POLICY}", f"validatingadmissionpolicybinding/{POLICY}")
+    wait_for(lambda: pod_writes(control_plane, namespace, PLAN) == "denied", what=f"the policy guarding {namespace}")
+    report = {"metadata": {"annotations": {"kvmemo.io/report.abcdef012345": "{}"}}}
+    assert pod_writes(control_plane, namespace, report) == "allowed"
+
+
+def remove_policy(k) -> None:
+    k("delete", "validatingadmissionpolicybinding", POLICY, "--ignore-not-found")
+    k("delete", "validatingadmissionpolicy", POLICY, "--ignore-not-found")
+
+
+def test_kubectl_delete_in_one_namespace_leaves_the_other_guarded(k, control_plane):
+    """Issue 14 item 10: `kubectl delete -k deploy/manifests/base -n A` deleted the cluster-wide policy, and
+    in namespace B the pods' token could then write plans. The policy now lives in deploy/manifests/cluster."""
+    remove_policy(k)  # an earlier test's Helm release may have installed it
+    k("apply", "-k", str(CLUSTER))
+    a, b = restricted_namespace(k, "kust-a"), restricted_namespace(k, "kust-b")
+    for namespace in (a, b):
+        k("apply", "-n", namespace, "-k", str(BASE))
+    assert_guarded(k, control_plane, b)
+    k("delete", "-n", a, "-k", str(BASE), "--wait")
+    assert_guarded(k, control_plane, b)
+
+
+def test_helm_second_namespace_installs_and_uninstall_leaves_it_guarded(k, helm, control_plane):
+    """Issue 13 item 8: a second release with default values failed on the policy's ownership, and `helm
+    uninstall` of the first deleted the policy that guarded the second."""
+    remove_policy(k)
+    kubeconfig = ["--kubeconfig", str(control_plane.kubeconfig)]
+    a, b = restricted_namespace(k, "helm-a"), restricted_namespace(k, "helm-b")
+    for namespace in (a, b):
+        p = run([helm, "install", "kvmemo", str(CHART), "--namespace", namespace, *kubeconfig])
+        assert p.returncode == 0, p.stdout + p.stderr
+    owner = json.loads(k("get", "validatingadmissionpolicy", POLICY, "-o", "json").stdout)["metadata"]["annotations"]
+    assert owner["meta.helm.sh/release-namespace"] == a and owner["helm.sh/resource-policy"] == "keep"
+    p = run([helm, "upgrade", "kvmemo", str(CHART), "--namespace", a, *kubeconfig])  # the owner still updates it
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert_guarded(k, control_plane, b)
+    p = run([helm, "uninstall", "kvmemo", "--namespace", a, "--wait", *kubeconfig])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert_guarded(k, control_plane, b)

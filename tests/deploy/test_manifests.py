@@ -1,10 +1,13 @@
-"""deploy/manifests/base (kubectl apply -k) holds exactly what the chart renders with default values, and
-deploy/manifests/monitoring what it renders for the Prometheus Operator."""
+"""deploy/manifests/base and deploy/manifests/cluster (kubectl apply -k) hold exactly what the chart renders
+with default values, and deploy/manifests/monitoring what it renders for the Prometheus Operator."""
 
-from tests.deploy.render import BASE, by_kind_name, helm_template, kustomize
+from tests.deploy.render import BASE, CLUSTER, by_kind_name, helm_template, kustomize
 
 MONITORING = BASE.parent / "monitoring"
 MONITOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+# Helm-only: it keeps the cluster-wide policy when a release is uninstalled; kubectl never deletes it with
+# the base, since it lives in deploy/manifests/cluster.
+HELM_ONLY_ANNOTATIONS = ("helm.sh/resource-policy",)
 
 
 def normalize_cel(obj: dict) -> dict:
@@ -16,9 +19,18 @@ def normalize_cel(obj: dict) -> dict:
     return obj
 
 
+def without_helm_annotations(obj: dict) -> dict:
+    annotations = obj["metadata"].get("annotations") or {}
+    for key in HELM_ONLY_ANNOTATIONS:
+        annotations.pop(key, None)
+    if "annotations" in obj["metadata"] and not annotations:
+        del obj["metadata"]["annotations"]
+    return obj
+
+
 def test_kustomize_base_equals_helm_template(helm, kubectl):
-    chart = by_kind_name(normalize_cel(o) for o in helm_template(helm))
-    base = by_kind_name(normalize_cel(o) for o in kustomize(kubectl))
+    chart = by_kind_name(normalize_cel(without_helm_annotations(o)) for o in helm_template(helm))
+    base = by_kind_name(normalize_cel(o) for o in kustomize(kubectl) + kustomize(kubectl, CLUSTER))
     assert sorted(base) == sorted(chart), "objects differ: run deploy/render-manifests.sh"
     for key, obj in chart.items():
         assert base[key] == obj, f"{key} differs from the chart's: run deploy/render-manifests.sh"
