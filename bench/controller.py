@@ -9,7 +9,12 @@ and lowers its fingerprint's minimum suggestion, so every report must change a p
 the report write returning to a watch seeing the plan at or below that report's suggestion. The burst:
 10 pods write `--burst` reports as fast as they can; the number is how many reconciles (every outcome of
 kvmemo_controller_reconcile_total) the controller ran until the plans were right and it went quiet, the
-median of `--bursts` runs (it varies with how the pods' writes interleave).
+median of `--bursts` runs (it varies with how the pods' writes interleave). The flood (issue 14 item 8):
+`--flood` junk report annotations (`{}`, then rewritten as `[]`, 50 per write, two writers, over and over)
+in the ConfigMap while `--flood-reports` real reports are written one after another; the latency is from
+each real report's write returning to a watch seeing its plan, with the ReportRejected Events posted and the
+controller's resident memory at the end. The admins' client writes all of it: the admission policy keeps
+the pods' own token to 128 report annotations (tests/k8s/test_controller.py floods with that token).
 """
 
 import argparse
@@ -35,7 +40,7 @@ from service.contract.keys import MAX_PODS_PER_REPORT, PLAN_PREFIX, plan_key  # 
 from service.publish import ConfigMapStore, PublishError  # noqa: E402
 from tests.envtest.clients import admin_client, token_client, token_kubeconfig  # noqa: E402
 from tests.k8s.kube import get_configmap, new_namespace, ready, scrape, start_controller, wait_for  # noqa: E402
-from tests.k8s.reports import GiB, record  # noqa: E402
+from tests.k8s.reports import GiB, record, report  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 
@@ -174,6 +179,51 @@ def burst(plane, admin, tmp: Path, reports: int, name: str = "burst", pods: int 
                 "reconciles": sum(delta.values()), "by_result": delta, "seconds_to_plans": round(converged, 2)}
 
 
+def flood(plane, admin, tmp: Path, junk: int, reports: int) -> dict:
+    with running_controller(plane, admin, tmp, "flood") as (namespace, port):
+        watch = PlanWatch(admin, namespace)
+        core = client.CoreV1Api(admin)
+        keys = [f"kvmemo.io/report.{i:012x}" for i in range(1 << 40, (1 << 40) + junk)]
+        stop, writes = threading.Event(), []
+
+        def write_junk(part: list[str]):
+            n = 0
+            while not stop.is_set():
+                value = "{}" if n % 2 == 0 else "[]"
+                for i in range(0, len(part), 50):
+                    core.patch_namespaced_config_map("kvmemo", namespace, {"metadata": {"annotations": {
+                        k: value for k in part[i:i + 50]}}}, _content_type="application/merge-patch+json")
+                    n += 1
+            writes.append(n)
+
+        writers = [threading.Thread(target=write_junk, args=(keys[i::2],)) for i in range(2)]
+        for w in writers:
+            w.start()
+        try:
+            wait_for(lambda: (scrape(port, "kvmemo_controller_reports_rejected_total", {"reason": "schema"}) or 0)
+                     >= junk, timeout=300, what="every junk annotation rejected once")
+            samples = []
+            for n in range(reports):
+                fp = f"{n:012x}"
+                rec = report(fp=fp)
+                core.patch_namespaced_config_map("kvmemo", namespace, {"metadata": {"annotations": {
+                    f"kvmemo.io/report.{fp}": json.dumps(rec)}}}, _content_type="application/merge-patch+json")
+                written = time.perf_counter()
+                samples.append(watch.wait_at_most(fp, rec["suggestions"]["fit_requested_bytes"]) - written)
+        finally:
+            stop.set()
+            for w in writers:
+                w.join()
+        rejected = [e for e in core.list_namespaced_event(namespace).items if e.reason == "ReportRejected"]
+        return {"junk_annotations": junk, "junk_writes": sum(writes), "reports": reports,
+                "report_to_plan_p50_ms": round(percentile(samples, 50) * 1000, 1),
+                "report_to_plan_max_ms": round(max(samples) * 1000, 1),
+                "report_rejected_event_objects": len(rejected),
+                "report_rejected_event_count": sum(e.count or 0 for e in rejected),
+                "controller_rss_mib": round((scrape(port, "process_resident_memory_bytes") or 0) / 2 ** 20, 1),
+                "target_max_ms": 1000}
+
+
 def annotation_bytes(plane, admin, count: int = 100, pods_per_report: int = MAX_PODS_PER_REPORT) -> int:
     """Every report at its full pod list: the most 100 fingerprints can take with Deployment pod names."""
     namespace = new_namespace(admin, "size")
@@ -193,18 +243,23 @@ def main() -> int:
     parser.add_argument("--fingerprints", type=int, default=10)
     parser.add_argument("--burst", type=int, default=100, help="reports in the burst")
     parser.add_argument("--bursts", type=int, default=5, help="bursts to run, each in a fresh namespace")
+    parser.add_argument("--flood", type=int, default=7500, help="junk report annotations in the flood")
+    parser.add_argument("--flood-reports", type=int, default=10, help="real reports timed during the flood")
+    parser.add_argument("--only-flood", action="store_true", help="run the flood case alone")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"controller-{date.today()}.json")
     args = parser.parse_args()
     plane = envtest.start(log=sys.stderr)
     try:
         with admin_client(plane) as admin:
-            samples = latency(plane, admin, plane.workdir, args.reports, args.pods, args.fingerprints)
-            bursts = [burst(plane, admin, plane.workdir, args.burst, f"burst-{i}") for i in range(args.bursts)]
-            size = annotation_bytes(plane, admin)
+            flooded = flood(plane, admin, plane.workdir, args.flood, args.flood_reports)
+            if not args.only_flood:
+                samples = latency(plane, admin, plane.workdir, args.reports, args.pods, args.fingerprints)
+                bursts = [burst(plane, admin, plane.workdir, args.burst, f"burst-{i}") for i in range(args.bursts)]
+                size = annotation_bytes(plane, admin)
     finally:
         envtest.remove(plane)
     import kubernetes
-    result = {
+    result = {"flood": flooded} if args.only_flood else {
         "report_to_plan_p50_ms": round(percentile(samples, 50) * 1000, 1),
         "report_to_plan_p99_ms": round(percentile(samples, 99) * 1000, 1),
         "report_to_plan_max_ms": round(max(samples) * 1000, 1),
@@ -212,7 +267,9 @@ def main() -> int:
         "bursts": bursts, "reconciles_per_burst": percentile([b["reconciles"] for b in bursts], 50),
         "annotation_bytes_100_fingerprints": size, "pods_per_fingerprint": MAX_PODS_PER_REPORT,
         "annotation_limit_bytes": 256 * 1024,
-        "target_p50_ms": 200,
+        "target_p50_ms": 200, "flood": flooded,
+    }
+    result |= {
         "device": f"CPU only: {cpu_model()}, {os.cpu_count()} cores",
         "versions": {"kube-apiserver": plane.binaries.kubernetes_version, "etcd": plane.binaries.etcd_version,
                      "python": platform.python_version(), "kubernetes-client": kubernetes.__version__},

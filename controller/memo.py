@@ -11,9 +11,8 @@ from collections.abc import Callable
 from service.contract.records import Rejected
 
 # A ConfigMap's annotations share 256 KiB, and a report annotation takes at least ~20 bytes, so about
-# 13,000 fit in one; 16,384 remembered rejections (a few hundred bytes each) hold a full ConfigMap.
+# 13,000 fit in one; 16,384 remembered rejections (about 200 bytes each) hold a full ConfigMap.
 MAX_REMEMBERED = 16384
-MAX_MESSAGE = 300
 # A report dated too far ahead becomes acceptable once the clock catches up: never remembered.
 TIME_DEPENDENT = frozenset({"clock"})
 
@@ -43,37 +42,35 @@ def digest(scope: tuple, key: str, raw: str) -> tuple:
     return (*scope, key, hashlib.blake2b(raw.encode(errors="surrogatepass"), digest_size=16).digest())
 
 
+KNOWN = object()  # what check() returns for a value rejected before: nothing new to say about it
+
+
 class RejectionMemo:
-    """(scope, key, digest of the value) -> the Rejected it raised, least recently seen forgotten beyond
-    `limit`. Each Rejected that check() raises says whether this value was `first_seen`, so a value is
-    warned about once however often it is reconciled."""
+    """(scope, key, digest of the value) -> the reason it was rejected, least recently seen forgotten beyond
+    `limit`. A value rejected before is not parsed again: check() returns KNOWN for it, so a flood of junk
+    costs one hash per value and one warning per distinct value, however often it is reconciled."""
 
     def __init__(self, limit: int = MAX_REMEMBERED):
         self.limit = limit
         self._known: OrderedDict = OrderedDict()
 
     def check(self, scope: tuple, key: str, raw: str, parse: Callable):
-        """parse(), unless this exact value of this key was rejected before: then its Rejected again."""
+        """parse()'s value, KNOWN for a value rejected before, or parse()'s Rejected, which says whether
+        this value was `first_seen` (a report dated ahead is parsed each time: time may make it good)."""
         entry = digest(scope, key, raw)
-        known = self._known.get(entry)
-        if known is not None:
+        reason = self._known.get(entry)
+        if reason is not None:
             self._known.move_to_end(entry)
-            if known[0] not in TIME_DEPENDENT:
-                raise _rejected(known, first_seen=False)
+            if reason not in TIME_DEPENDENT:
+                return KNOWN
         try:
             return parse()
         except Rejected as rejected:
-            rejected.first_seen = known is None
-            self._known[entry] = (rejected.reason, str(rejected)[:MAX_MESSAGE])
+            rejected.first_seen = reason is None
+            self._known[entry] = rejected.reason
             if len(self._known) > self.limit:
                 self._known.popitem(last=False)
             raise
 
     def __len__(self) -> int:
         return len(self._known)
-
-
-def _rejected(known: tuple, first_seen: bool) -> Rejected:
-    rejected = Rejected(*known)
-    rejected.first_seen = first_seen
-    return rejected

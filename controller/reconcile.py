@@ -6,9 +6,10 @@ are already right gives no patch at all."""
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from controller.memo import KNOWN, RejectionMemo
 from service.contract.keys import (FP12, POLICIES, OOM_PREFIX, PLAN_PREFIX, REPORT_PREFIX, now_rfc3339, oom_key,
                                    parse_rfc3339, plan_key, report_key)
-from controller.memo import RejectionMemo
+from service.contract.ownership import CONTROLLER_MANAGER, owned_by
 from service.contract.records import OomEvent, Plan, Rejected, Report, load_object, parse_oom, parse_report
 
 # A pod clock a little ahead is normal; far ahead would keep a report from ever being pruned.
@@ -60,6 +61,7 @@ class Observed:
     ooms: dict[str, OomEvent]
     plans: dict[str, dict]  # fp12 -> the plan object in data ({} when unreadable)
     rejections: tuple[Rejection, ...]
+    foreign: frozenset[str] = frozenset()  # plans whose key another field manager owns: pods refuse them
 
 
 @dataclass
@@ -104,7 +106,8 @@ def _parse(memo: RejectionMemo | None, scope: tuple, key: str, raw: str, parse):
 
 
 def observe(configmap: dict, now: datetime, memo: RejectionMemo | None = None) -> Observed:
-    """`memo` only saves work: a value it rejected before is rejected again without parsing it."""
+    """With a `memo`, a value it rejected before is neither parsed nor listed again (it stays unused, as
+    every rejected value does); without one, every rejection is listed."""
     meta = configmap.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     data = configmap.get("data") or {}
@@ -114,19 +117,24 @@ def observe(configmap: dict, now: datetime, memo: RejectionMemo | None = None) -
     for fp12 in sorted(reported):
         key, raw = report_key(fp12), annotations[report_key(fp12)]
         try:
-            reports[fp12] = _parse(memo, scope, key, raw, lambda: _report(fp12, raw, now))
+            if (parsed := _parse(memo, scope, key, raw, lambda: _report(fp12, raw, now))) is not KNOWN:
+                reports[fp12] = parsed
         except Rejected as rejected:
             rejections.append(_rejection(fp12, key, rejected, raw))
     # An OOM record is only reported beside a valid report; alone it merely ages out.
     for fp12 in sorted(_suffixes(annotations, OOM_PREFIX)):
         key, raw = oom_key(fp12), annotations[oom_key(fp12)]
         try:
-            ooms[fp12] = _parse(memo, scope, key, raw, lambda: parse_oom(fp12, raw))
+            if (parsed := _parse(memo, scope, key, raw, lambda: parse_oom(fp12, raw))) is not KNOWN:
+                ooms[fp12] = parsed
         except Rejected as rejected:
             if fp12 in reports:  # planned from the report alone; the bad record is reported
                 rejections.append(_rejection(fp12, key, rejected, raw))
     plans = {fp12: load_object(data[plan_key(fp12)]) or {} for fp12 in _suffixes(data, PLAN_PREFIX)}
-    return Observed(annotations, data, frozenset(reported), reports, ooms, plans, tuple(rejections))
+    # A copy without managedFields (a test's, an old apiserver's) says nothing about owners.
+    foreign = frozenset(fp12 for fp12 in plans if "managedFields" in meta
+                        and not owned_by(configmap, CONTROLLER_MANAGER, "data", plan_key(fp12)))
+    return Observed(annotations, data, frozenset(reported), reports, ooms, plans, tuple(rejections), foreign)
 
 
 def expired(observed: Observed, now: datetime, ttl: float) -> dict[str, str]:
@@ -186,7 +194,7 @@ def diff(observed: Observed, plans: dict[str, Plan], prune: dict[str, str], sett
     for fp12 in sorted(set(plans) | set(prune)):
         if fp12 in prune:
             events.append(Event("Normal", "PlanPruned", f"{fp12}: {prune[fp12]}"))
-        elif not _current(observed.plans.get(fp12), plans[fp12]):
+        elif fp12 in observed.foreign or not _current(observed.plans.get(fp12), plans[fp12]):
             set_data[plan_key(fp12)] = plans[fp12].encode()
             before = observed.plans[fp12].get("kv_cache_memory_bytes") if fp12 in observed.plans else None
             events.append(_plan_event(fp12, before, plans[fp12], observed.ooms.get(fp12), settings))

@@ -176,3 +176,21 @@ def test_two_controllers_one_leader_standby_takes_over(admin, namespace, control
     lease = client.CoordinationV1Api(admin).read_namespaced_lease("kvmemo-controller", namespace)
     assert lease.spec.holder_identity == ("ctl-b" if leader is a else "ctl-a")
     assert lease.spec.lease_transitions >= 1
+
+
+def test_controller_takes_back_a_plan_another_field_manager_wrote(control_plane, admin, namespace, controllers):
+    """read_plan refuses a plan that the field manager kvmemo-controller does not own; the controller then
+    writes it again, even when its numbers are right, so the pods are not left profiling."""
+    controllers.start()
+    annotate(admin, namespace, {f"kvmemo.io/report.{FP}": report()})
+    written = wait_for(lambda: plan(admin, namespace), what="the plan")
+    with token_client(control_plane, namespace, "kvmemo-controller") as other_client:
+        client.CoreV1Api(other_client).patch_namespaced_config_map("kvmemo", namespace, {"data": {
+            f"kv-cache-plan.{FP}": json.dumps({**written, "updated_at": "2026-01-01T00:00:00.000000Z"})}},
+            field_manager="kubectl-patch", _content_type="application/merge-patch+json")
+
+    def owner() -> set:
+        fields = get_configmap(admin, namespace)["metadata"]["managedFields"]
+        return {m["manager"] for m in fields if f"f:kv-cache-plan.{FP}" in (m.get("fieldsV1") or {}).get("f:data", {})}
+    wait_for(lambda: owner() == {"kvmemo-controller"}, what="the controller owning the plan again")
+    assert plan(admin, namespace)["kv_cache_memory_bytes"] == written["kv_cache_memory_bytes"]

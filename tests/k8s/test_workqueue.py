@@ -88,3 +88,31 @@ def test_worker_survives_a_conflict_whose_reread_fails():
     assert errors() == before + 1 and worker.is_alive()
     stop.set()
     worker.join(5)
+
+
+def test_rejected_values_are_parsed_once_and_remembered_bounded():
+    import pytest
+
+    from controller.memo import KNOWN, RejectionMemo
+    from service.contract.records import Rejected
+
+    memo, calls = RejectionMemo(limit=2), []
+
+    def reject(reason):
+        def parse():
+            calls.append(reason)
+            raise Rejected(reason, "bad")
+        return parse
+
+    with pytest.raises(Rejected) as first:
+        memo.check(("ns", "cm"), "k", "junk", reject("schema"))
+    assert first.value.first_seen
+    assert memo.check(("ns", "cm"), "k", "junk", reject("schema")) is KNOWN and calls == ["schema"]
+    # A report dated ahead may become good as time passes: parsed again, but not warned about again.
+    for expected_first in (True, False):
+        with pytest.raises(Rejected) as ahead:
+            memo.check(("ns", "cm"), "k", "ahead", reject("clock"))
+        assert ahead.value.first_seen is expected_first
+    with pytest.raises(Rejected):
+        memo.check(("ns", "cm"), "other", "junk", reject("schema"))
+    assert len(memo) == 2
