@@ -220,6 +220,7 @@ def flood(plane, admin, tmp: Path, junk: int, reports: int) -> dict:
                 "report_to_plan_max_ms": round(max(samples) * 1000, 1),
                 "report_rejected_event_objects": len(rejected),
                 "report_rejected_event_count": sum(e.count or 0 for e in rejected),
+                "reconciles_by_result": reconciles(port),
                 "controller_rss_mib": round((scrape(port, "process_resident_memory_bytes") or 0) / 2 ** 20, 1),
                 "target_max_ms": 1000}
 

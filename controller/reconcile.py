@@ -200,9 +200,12 @@ def diff(observed: Observed, plans: dict[str, Plan], prune: dict[str, str], sett
             events.append(_plan_event(fp12, before, plans[fp12], observed.ooms.get(fp12), settings))
     if not set_data and not set_annotations:
         return None, events
-    patch: dict = {"metadata": {"resourceVersion": resource_version}}
+    # Only pruning a report needs the read's resourceVersion: its pod may have renewed it since. A plan
+    # written from an older copy is put right by the reconcile of the newer one, so plan writes carry no
+    # precondition and a ConfigMap rewritten many times a second (a flood of junk) cannot starve them.
+    patch: dict = {}
     if set_annotations:
-        patch["metadata"]["annotations"] = set_annotations
+        patch["metadata"] = {"resourceVersion": resource_version, "annotations": set_annotations}
     if set_data:
         patch["data"] = set_data
     return patch, events
