@@ -3,7 +3,7 @@
 #   helm/kvmemo/files/: copies of the Grafana dashboard and the alert rules, which Helm can only read
 #     from inside the chart;
 #   manifests/base/kvmemo.yaml: `helm template` with default values, less rbac.yaml and
-#     admission-policy.yaml, which manifests/base keeps as files of their own;
+#     admission-policy.yaml, which manifests/base and manifests/cluster keep as files of their own;
 #   manifests/monitoring/kvmemo-monitoring.yaml: the ServiceMonitor, PodMonitor and PrometheusRule
 #     (monitoring.skipCRDCheck=true), applied on their own where the Prometheus Operator runs.
 # HELM=/path/to/helm overrides the helm on PATH.
