@@ -85,7 +85,8 @@ class Reconciler:
         return self.core.api_client.sanitize_for_serialization(fresh)
 
     def _reconcile_once(self, configmap: dict) -> str:
-        result = reconcile(configmap, self.settings, self.clock(), self.memo)
+        with metrics.RECONCILE_SECONDS.time():
+            result = reconcile(configmap, self.settings, self.clock(), self.memo)
         self._warn(configmap, [r for r in result.rejections if r.first_seen])
         if result.patch is None:
             self._export_plans(configmap, result.plans)
