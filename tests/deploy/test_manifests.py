@@ -5,9 +5,9 @@ from tests.deploy.render import BASE, CLUSTER, by_kind_name, helm_template, kust
 
 MONITORING = BASE.parent / "monitoring"
 MONITOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
-# Helm-only: it keeps the cluster-wide policy when a release is uninstalled; kubectl never deletes it with
-# the base, since it lives in deploy/manifests/cluster.
-HELM_ONLY_ANNOTATIONS = ("helm.sh/resource-policy",)
+# Helm keeps the cluster-wide policy when a release is uninstalled; kubectl never deletes it with the base,
+# since it lives in deploy/manifests/cluster, so the annotation is the chart's alone there.
+POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
 def normalize_cel(obj: dict) -> dict:
@@ -20,11 +20,11 @@ def normalize_cel(obj: dict) -> dict:
 
 
 def without_helm_annotations(obj: dict) -> dict:
-    annotations = obj["metadata"].get("annotations") or {}
-    for key in HELM_ONLY_ANNOTATIONS:
-        annotations.pop(key, None)
-    if "annotations" in obj["metadata"] and not annotations:
-        del obj["metadata"]["annotations"]
+    if obj["kind"] in POLICY_KINDS:
+        annotations = obj["metadata"].get("annotations") or {}
+        annotations.pop("helm.sh/resource-policy", None)
+        if "annotations" in obj["metadata"] and not annotations:
+            del obj["metadata"]["annotations"]
     return obj
 
 
