@@ -7,6 +7,7 @@ Writes bench/results/grpc_overhead-<device>-<date>.json. Target: grpc/in-process
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -58,17 +59,24 @@ async def measure(one, args) -> dict:
     return summary([await run() for _ in range(args.runs)])
 
 
-async def in_process(args) -> dict:
+def started_engine(flags: list[str]):
+    """The engine `kvmemo serve` would build from these flags, as (LLMEngine, started AsyncEngine)."""
     from service.boot import build_engine
-    from service.engine.async_engine import AsyncEngine
-    from service.engine.sampling_params import SamplingParams
     from service.commands.engine_args import add_engine_arguments, engine_config_from_args
+    from service.engine.async_engine import AsyncEngine
 
     parser = argparse.ArgumentParser()
     add_engine_arguments(parser)
-    llm, _ = build_engine(engine_config_from_args(parser.parse_args(engine_flags(args))))
+    llm, _ = build_engine(engine_config_from_args(parser.parse_args(flags)))
     engine = AsyncEngine(llm)
     engine.start()
+    return llm, engine
+
+
+async def in_process(args) -> dict:
+    from service.engine.sampling_params import SamplingParams
+
+    llm, engine = started_engine(engine_flags(args))
 
     async def one(i: int, ttfts: list) -> int:
         start, n = time.monotonic(), 0
@@ -91,35 +99,43 @@ def bench_env() -> dict:
     return env
 
 
-async def through_grpc(args) -> dict:
+@contextlib.asynccontextmanager
+async def served_stub(flags: list[str], boot_timeout: float = 300, log: Path | None = None):
+    """A real `kvmemo serve` with these engine flags on a free loopback port, and a stub once it is SERVING;
+    SIGTERM when done. log: a file for the server's stderr (default: dropped)."""
     port = free_port()
-    kvmemo = Path(sys.executable).parent / "kvmemo"
-    cmd = [str(kvmemo), "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(free_port()),
-           *engine_flags(args)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=bench_env())
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--metrics-port", str(free_port()), *flags]
+    stderr = open(log, "w") if log else subprocess.DEVNULL
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=bench_env())
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await asyncio.wait_for(channel.channel_ready(), timeout=300)
-            stub = pb_grpc.KvmemoServiceStub(channel)
+            await asyncio.wait_for(channel.channel_ready(), timeout=boot_timeout)
             health = health_pb2_grpc.HealthStub(channel)
             while (await health.Check(health_pb2.HealthCheckRequest())).status != health_pb2.HealthCheckResponse.SERVING:
                 await asyncio.sleep(0.2)
-
-            async def one(i: int, ttfts: list) -> int:
-                request = pb.GenerateRequest(text=PROMPT.format(i), max_tokens=args.max_tokens,
-                                             sampling=pb.SamplingParameters(temperature=1.0, seed=i),
-                                             stop=pb.StopConditions(ignore_eos=True))
-                start, n = time.monotonic(), 0
-                async for message in stub.Generate(request, wait_for_ready=True):
-                    if n == 0:
-                        ttfts.append(time.monotonic() - start)
-                    n += len(message.token_ids)
-                return n
-
-            return await measure(one, args)
+            yield pb_grpc.KvmemoServiceStub(channel)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+        if log:
+            stderr.close()
+
+
+async def through_grpc(args) -> dict:
+    async with served_stub(engine_flags(args)) as stub:
+        async def one(i: int, ttfts: list) -> int:
+            request = pb.GenerateRequest(text=PROMPT.format(i), max_tokens=args.max_tokens,
+                                         sampling=pb.SamplingParameters(temperature=1.0, seed=i),
+                                         stop=pb.StopConditions(ignore_eos=True))
+            start, n = time.monotonic(), 0
+            async for message in stub.Generate(request, wait_for_ready=True):
+                if n == 0:
+                    ttfts.append(time.monotonic() - start)
+                n += len(message.token_ids)
+            return n
+
+        return await measure(one, args)
 
 
 def in_process_subprocess(args, env: dict) -> dict:

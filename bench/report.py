@@ -119,6 +119,23 @@ def grpc_overhead() -> str:
                   "added TTFT p99 ms", "load average", "results"], rows)
 
 
+def serving() -> str:
+    """Per offered rate, the in-process engine's row beside the gRPC server's; "all at once" is saturation."""
+    rows = []
+    for name, d in load("serving"):
+        sides = [(label, [d[side]["saturation"], *d[side]["rates"]]) for label, side in
+                 (("in-process", "in_process"), ("gRPC", "grpc"))]
+        for i in range(len(sides[0][1])):
+            for label, side_rows in sides:
+                r = side_rows[i]
+                rows.append([d["device"], d["model"], fmt(r["offered_requests_per_s"], 1) if r["offered_requests_per_s"]
+                             else "all at once", label, fmt(r["requests_per_s"], 1), fmt(r["output_tokens_per_s"]),
+                             *(f'{fmt(r[k]["p50_ms"], 1 if k == "itl" else 0)} / {fmt(r[k]["p99_ms"], 1 if k == "itl" else 0)}'
+                               for k in ("ttft", "itl", "e2e")), name])
+    return table(["device", "model", "offered req/s", "path", "achieved req/s", "output tok/s", "TTFT p50 / p99 ms",
+                  "ITL p50 / p99 ms", "E2E p50 / p99 ms", "results"], rows)
+
+
 def controller() -> str:
     rows = [[d["device"], d["reports"], d["pods"], fmt(d["report_to_plan_p50_ms"], 1), fmt(d["report_to_plan_p99_ms"], 1),
              fmt(d.get("reconciles_per_burst")),
@@ -129,7 +146,7 @@ def controller() -> str:
 
 
 SECTIONS = {"throughput": throughput, "memory": memory, "load": load_bench, "attention": attention, "grpc": grpc_overhead,
-            "controller": controller}
+            "serving": serving, "controller": controller}
 
 
 def render(readme: str) -> str:
