@@ -3,6 +3,7 @@ one containerd per session; every test runs a container from them with `ctr run`
 
 import pytest
 
+from tests.debian import ensure_packages
 from tests.images import ImageError, build_images
 from tests.images.containerd import Containerd, Tmpfs
 
@@ -31,6 +32,7 @@ def built_images():
 
 @pytest.fixture(scope="session")
 def containerd(built_images):
+    ensure_packages("containerd", "runc")
     with Containerd() as running:
         yield running
 
