@@ -9,8 +9,8 @@ from tests.images.containerd import Containerd, Tmpfs
 
 BUILD: dict = {}
 
-# As the chart mounts them: the root filesystem read-only, emptyDirs at ~/.cache and /tmp.
-CHART_MOUNTS = (Tmpfs("/home/kvmemo/.cache"), Tmpfs("/tmp"))
+# As the chart mounts them: the root filesystem read-only, emptyDirs at ~/.cache, ~/.cache/kernels and /tmp.
+CHART_MOUNTS = (Tmpfs("/home/kvmemo/.cache"), Tmpfs("/home/kvmemo/.cache/kernels"), Tmpfs("/tmp"))
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -33,8 +33,9 @@ def test_image_runs_kvmemo_as_the_charts_user(built_images, name, command):
 
 def test_service_image_keeps_its_caches_where_the_chart_mounts_emptydirs(built_images):
     env = image_config(built_images.service)["Env"]
-    for variable in ("XDG_CACHE_HOME=/home/kvmemo/.cache", "TRITON_CACHE_DIR=/home/kvmemo/.cache/triton",
-                     "CUDA_CACHE_PATH=/home/kvmemo/.cache/nv"):
+    for variable in ("XDG_CACHE_HOME=/home/kvmemo/.cache", "TRITON_CACHE_DIR=/home/kvmemo/.cache/kernels/triton",
+                     "TORCHINDUCTOR_CACHE_DIR=/home/kvmemo/.cache/kernels/inductor",
+                     "CUDA_CACHE_PATH=/home/kvmemo/.cache/kernels/nv"):
         assert variable in env
 
 

@@ -25,12 +25,12 @@ def test_generates_with_the_default_model_on_cpu_from_a_read_only_root(container
 
 def test_triton_compiles_and_imports_a_c_extension_against_the_images_python_h(containerd, service_ref):
     """Triton builds its launcher with the compiler and Python.h it finds here, into TRITON_CACHE_DIR (the
-    ~/.cache emptyDir), the first time a kernel runs on a GPU node (issue 13 item 3)."""
+    kernel-cache emptyDir), the first time a kernel runs on a GPU node (issue 13 item 3)."""
     result = containerd.run(service_ref, "python", "/probe/c_extension_probe.py", read_only=True,
                             mounts=(*CHART_MOUNTS, Bind(PROBE, "/probe/c_extension_probe.py")))
     assert result.returncode == 0, result.stderr[-3000:]
     found = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert found["compiler"] == "/usr/bin/gcc"
     assert found["python_h"] == "/usr/include/python3.11/Python.h"
-    assert found["module"].startswith("/home/kvmemo/.cache/triton/")
+    assert found["module"].startswith("/home/kvmemo/.cache/kernels/triton/")
     assert found["answer"] == "42"
