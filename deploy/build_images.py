@@ -11,8 +11,9 @@ deploy/build-images.sh runs this (standard library only); tests/images.py calls 
      `ctr -n k8s.io images import`, `podman load` and `docker load` (Docker 25 and later) accept.
 The archive's name holds a hash of everything that goes into it (the Containerfile, the files its COPY
 lines name, this script, the version, the Debian manifest, the wheel list), so an unchanged input reuses
-it; the last archive of each image is kept and older ones are deleted. Needs root (or rootless buildah
-and mmdebstrap's unshare mode), mmdebstrap, buildah and the Debian and PyPI mirrors on first use.
+it; of each image (root filesystem, wheelhouse) the two used last are kept, older ones deleted. Needs
+root (or rootless buildah and mmdebstrap's unshare mode), mmdebstrap, buildah and the Debian and PyPI
+mirrors on first use.
 """
 
 import argparse
@@ -47,6 +48,7 @@ WHEEL_TARGET = ("--only-binary=:all:", "--implementation=cp", "--python-version=
                 "--platform=manylinux2014_x86_64", "--platform=manylinux2010_x86_64", "--platform=manylinux1_x86_64")
 IMAGES = {"service": "localhost/kvmemo", "controller": "localhost/kvmemo-controller"}
 ARCHIVE_SUFFIX = ".oci.tar"
+KEEP = 2  # entries of each cache kept: the current one and the last other one used
 
 
 class BuildError(RuntimeError):
@@ -132,11 +134,12 @@ def step(message: str):
     say(f"{message}: done in {time.monotonic() - started:.0f} s")
 
 
-def keep_only(folder: Path, current: set[Path]) -> None:
-    """Deletes what older keys left in `folder` beside the `current` entries (a wheelhouse holds GBs)."""
-    for other in folder.iterdir():
-        if other not in current:
-            shutil.rmtree(other) if other.is_dir() else other.unlink()
+def keep_recent(entries: list[Path], current: Path) -> None:
+    """Marks `current` used and deletes all but the KEEP most recently used of `entries` (an image archive or
+    a wheelhouse holds GBs); two, so that two checkouts sharing the cache do not rebuild each other away."""
+    os.utime(current)
+    for old in sorted(entries, key=lambda path: path.stat().st_mtime, reverse=True)[KEEP:]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def base_rootfs(stage: Stage, cache: Path) -> Path:
@@ -243,8 +246,9 @@ def build(cache: Path = DEFAULT_CACHE) -> dict[str, ImageArchive]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rootfs = {name: base_rootfs(stages[name], cache) for name in IMAGES}
         wheels = wheelhouse(stages, cache)
-        keep_only(cache / "wheels", {wheels})
-        keep_only(cache / "rootfs", set(rootfs.values()))
+        keep_recent([p for p in (cache / "wheels").iterdir() if p.is_dir()], wheels)
+        for name, folder in rootfs.items():
+            keep_recent(list((cache / "rootfs").glob(f"{name}-*")), folder)
         archives, missing = {}, []
         for name, repository in IMAGES.items():
             stem = repository.rpartition("/")[2]
@@ -260,9 +264,7 @@ def build(cache: Path = DEFAULT_CACHE) -> dict[str, ImageArchive]:
             finally:
                 buildah.close()
         for name, archive in archives.items():
-            for old in cache.glob(f"{IMAGES[name].rpartition('/')[2]}-[0-9]*{ARCHIVE_SUFFIX}"):
-                if old != archive.path:
-                    old.unlink()
+            keep_recent(list(cache.glob(f"{IMAGES[name].rpartition('/')[2]}-[0-9]*{ARCHIVE_SUFFIX}")), archive.path)
         return archives
 
 

@@ -1,6 +1,7 @@
 """What goes into the images, read without building them."""
 
 import dataclasses
+import os
 import tomllib
 
 from deploy import build_images as builder
@@ -39,3 +40,12 @@ def test_image_inputs_are_the_copied_sources_without_bytecode_or_readme():
     files = {str(path.relative_to(builder.REPO)) for path in builder.source_files(stages()["service"].sources)}
     assert {"pyproject.toml", "service/cli.py", "controller/main.py"} <= files
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc") or f == "README.md"]
+
+
+def test_the_cache_keeps_the_two_entries_used_last(tmp_path):
+    entries = [tmp_path / f"kvmemo-0.1.0-{key}.oci.tar" for key in "abc"]
+    for age, entry in enumerate(entries):
+        entry.write_text("")
+        os.utime(entry, (1000 - age, 1000 - age))  # a used last, c first
+    builder.keep_recent(entries, entries[2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kvmemo-0.1.0-a.oci.tar", "kvmemo-0.1.0-c.oci.tar"]
