@@ -1,5 +1,5 @@
-"""The cluster itself: a Deployment of an image built here becomes Ready, and a Service on the node
-reaches it; the cluster's iptables rules send traffic only to addresses the cluster created."""
+"""The cluster itself: a Deployment of an image built here becomes Ready, a Service on the node reaches
+it, and the pod reaches the API server through the `kubernetes` Service; the cluster's iptables rules send traffic only to addresses the cluster created."""
 
 import ipaddress
 import json
@@ -62,6 +62,10 @@ def test_deployment_becomes_ready_and_its_service_answers(kube_cluster, cluster_
         answer = _get(f"http://{service_ip}/")
         time.sleep(0.2 if answer is None else 0)
     assert answer == f"kvmemo-cluster-echo {pod}\n"
+
+    # The pod, as any in-cluster client, reaches kube-apiserver through the `kubernetes` Service.
+    version = json.loads(_get(f"http://{service_ip}/kubernetes") or "{}")
+    assert version.get("gitVersion") == "v1.37.2", version
 
 
 def test_service_rules_lead_only_to_the_clusters_own_addresses(kube_cluster):
