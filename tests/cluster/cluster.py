@@ -31,7 +31,7 @@ from tests.ports import free_port
 from tests.progress import TERMINAL, say
 
 NODE_NAME = "kvmemo-node"
-PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables")
+PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "iproute2")
 COMPONENTS = ("kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
 MACHINE_LOCK = Path("/var/lock/kvmemo-cluster.lock")
 

@@ -18,6 +18,7 @@ from tests.cluster import network
 from tests.cluster.local_images import echo_image
 from tests.progress import TERMINAL, say
 
+REPO = Path(__file__).resolve().parents[2]
 PREPARE_ERRORS: list[Exception] = []
 START_TIMEOUT_S = 600.0
 
@@ -80,7 +81,7 @@ def kube_cluster(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.cluster", f"--kubeconfig={kubeconfig}", f"--workdir={workdir}",
              f"--info={info}", f"--image={echo_image().ref}={echo_image().path}"],
-            stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         details = _wait_for_info(proc, info, log)
         say(TERMINAL, f"cluster: node Ready {details['started_in_s']} s after the start "

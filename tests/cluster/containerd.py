@@ -102,3 +102,12 @@ def remove_tasks(workdir: Path) -> None:
         subprocess.run([*ctr, "tasks", "kill", "-s", "SIGKILL", task], capture_output=True)
     for task in tasks:
         subprocess.run([*ctr, "tasks", "delete", "-f", task], capture_output=True)
+
+
+def tag_image(workdir: Path, source: str, name: str) -> None:
+    """Give an imported image a second name, e.g. the one a manifest names (docker.io/library/kvmemo:0.1.0-cpu)."""
+    ctr = ["ctr", "--address", str(socket(workdir)), "-n", "k8s.io", "images"]
+    subprocess.run([*ctr, "rm", name], capture_output=True)
+    result = subprocess.run([*ctr, "tag", source, name], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ContainerdError(f"ctr images tag {source} {name} failed ({result.returncode}): {result.stderr.strip()}")
