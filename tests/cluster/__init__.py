@@ -6,7 +6,8 @@
 `python -m tests.cluster --kubeconfig FILE` starts one by hand and stops it on SIGTERM or Ctrl-C.
 """
 
-from tests.cluster.cluster import Cluster, ClusterError, leftovers, prepare, remove, start
+from tests.cluster.cluster import Cluster, ClusterError, prepare, remove, start
+from tests.cluster.leftovers import leftovers
 from tests.cluster.oci import ImageArchive
 
 __all__ = ["Cluster", "ClusterError", "ImageArchive", "leftovers", "prepare", "remove", "start"]

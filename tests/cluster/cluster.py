@@ -11,7 +11,6 @@ runs per machine at a time (kube-proxy owns the KUBE-* iptables chains); a secon
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,11 +20,12 @@ from pathlib import Path
 from kubernetes import client, config
 
 from tests.cluster import containerd, network, node
+from tests.cluster.leftovers import kill_processes_mentioning
 from tests.cluster.local_images import pause_image
 from tests.cluster.oci import ImageArchive
 from tests.debian import ensure_packages
 from tests.envtest import certs
-from tests.envtest.build import ensure_binaries, ensure_kube_binaries
+from tests.envtest.build import ensure_binaries, ensure_kube_binaries, kube_binary_path
 from tests.envtest.controlplane import ControlPlane, log_tail, terminate, write_kubeconfig
 from tests.ports import free_port
 from tests.progress import TERMINAL, say
@@ -78,13 +78,9 @@ class Cluster:
     def api(self) -> client.ApiClient:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def log(self, name: str) -> str:
-        return log_tail(self.workdir / f"{name}.log", 100_000)
-
-    def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
+    def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                            env=env)
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -118,12 +114,13 @@ class Cluster:
             self._delete_all_pods()
         for name in ("kubelet", "kube-proxy"):
             terminate(self.procs.pop(name, None))
-        proxy = ensure_kube_binaries("kube-proxy")[0]
-        subprocess.run([str(proxy), "--cleanup"], capture_output=True)
+        proxy = kube_binary_path("kube-proxy")  # no build lock: another session may hold it for minutes
+        if proxy.exists():
+            subprocess.run([str(proxy), "--cleanup"], capture_output=True)
         if self.procs.get("containerd"):
             containerd.remove_tasks(self.workdir)
         terminate(self.procs.pop("containerd", None))
-        _kill_processes_mentioning(self.workdir)  # containerd-shim-runc-v2 of a pod the kubelet left behind
+        kill_processes_mentioning(self.workdir)  # containerd-shim-runc-v2 of a pod the kubelet left behind
         network.unmount_all_under(self.workdir)
         network.remove_netns(self.before)
         network.restore_iptables(self.before)
@@ -147,29 +144,6 @@ class Cluster:
                     time.sleep(0.5)
         except Exception as exc:  # stop() goes on to remove what it can
             say(TERMINAL, f"cluster: deleting the pods failed ({exc}); removing their containers directly")
-
-
-def processes_mentioning(workdir: Path) -> list[tuple[int, str]]:
-    needle = str(workdir.resolve()).encode()
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline:
-            found.append((int(pid), cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]))
-    return found
-
-
-def _kill_processes_mentioning(workdir: Path) -> None:
-    for pid, _ in processes_mentioning(workdir):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _node_ready(api: client.ApiClient) -> bool:
@@ -284,15 +258,3 @@ def _start(cluster: Cluster, images: list[ImageArchive], timeout: float) -> None
 def remove(cluster: Cluster) -> None:
     cluster.stop()
     shutil.rmtree(cluster.workdir, ignore_errors=True)
-
-
-def leftovers(workdir: Path, bridge: str, before: network.HostState) -> list[str]:
-    """What a stopped cluster left on the machine, measured against `before`; empty after a clean stop."""
-    found = [f"process {pid}: {cmd}" for pid, cmd in processes_mentioning(workdir)]
-    found += [f"mount {point}" for point in network.mounts_under(workdir)]
-    found += [f"network namespace {name}" for name in network.new_netns(before)]
-    found += [f"iptables: {rule}" for rule in network.new_iptables(before)]
-    found += [f"pid namespace {ns} (a container's processes)" for ns in network.new_pid_namespaces(before)]
-    if Path(f"/sys/class/net/{bridge}").exists():
-        found.append(f"bridge {bridge}")
-    return found
