@@ -118,7 +118,7 @@ class Cluster:
         if proxy.exists():
             subprocess.run([str(proxy), "--cleanup"], capture_output=True)
         if self.procs.get("containerd"):
-            containerd.remove_tasks(self.workdir)
+            containerd.remove_containers(self.workdir)
         terminate(self.procs.pop("containerd", None))
         kill_processes_mentioning(self.workdir)  # containerd-shim-runc-v2 of a pod the kubelet left behind
         network.unmount_all_under(self.workdir)
