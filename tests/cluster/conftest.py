@@ -14,12 +14,14 @@ import pytest
 from kubernetes import config
 
 import tests.cluster as cluster_harness
-from tests.cluster import network
+from tests.cluster import containerd, network
 from tests.cluster.local_images import echo_image
+from tests.images import ImageError, build_images
 from tests.progress import TERMINAL, say
 
 REPO = Path(__file__).resolve().parents[2]
 PREPARE_ERRORS: list[Exception] = []
+IMAGES: dict = {}
 START_TIMEOUT_S = 600.0
 
 
@@ -30,6 +32,11 @@ def pytest_collection_modifyitems(session, config, items):
             cluster_harness.prepare(TERMINAL)
         except Exception as exc:  # reported by the fixture, as the test's failure
             PREPARE_ERRORS.append(exc)
+    if any("kvmemo_images" in getattr(item, "fixturenames", ()) for item in items):
+        try:
+            IMAGES["built"] = build_images()
+        except ImageError as exc:
+            IMAGES["error"] = exc
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,18 @@ def kube_cluster(tmp_path_factory):
     assert code == 0, f"`python -m tests.cluster` exited {code} on SIGTERM:\n{log.read_text()[-4000:]}"
     left = cluster_harness.leftovers(workdir, details["bridge"], before)
     assert not left, "the stopped cluster left these behind:\n" + "\n".join(left)
+
+
+@pytest.fixture(scope="session")
+def kvmemo_images(kube_cluster):
+    """The service and controller images from deploy/build-images.sh, imported into the cluster's containerd."""
+    if "error" in IMAGES:
+        pytest.fail(f"the kvmemo cluster tests need deploy/build-images.sh's images, and {IMAGES['error']}",
+                    pytrace=False)
+    images = IMAGES["built"]
+    for archive in (images.service, images.controller):
+        containerd.import_image(kube_cluster.workdir, archive)
+    return images
 
 
 @pytest.fixture

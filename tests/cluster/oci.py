@@ -8,16 +8,11 @@ import hashlib
 import io
 import json
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.build_images import ImageArchive  # (ref, path), as tests.images.build_images() returns them
+
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-@dataclass(frozen=True)
-class ImageArchive:
-    ref: str
-    path: Path
 
 
 def _layer(files: dict[str, Path]) -> bytes:
