@@ -4,6 +4,7 @@ Binaries are cached outside the clone, keyed by version, e.g.
 ~/.cache/kvmemo/tools/kube-apiserver-v1.37.2/kube-apiserver, so only the first run pays for the build.
 """
 
+import contextlib
 import fcntl
 import os
 import re
@@ -74,29 +75,51 @@ def _go_build(package: str, version: str, out: Path, ldflags: str, log) -> None:
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly")
     tmp = out.with_name(out.name + ".partial")
     cmd = ["nice", "-n", "10", go, "build", "-p", jobs, "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package]
-    what = f"envtest: building {package} {version} (-p {jobs}; the first build takes many minutes)"
+    what = f"tests: building {package} {version} (-p {jobs}; the first build takes many minutes)"
     code, output = run_with_progress(cmd, what, log, cwd=MODULE_DIR, env=env)
     if code != 0:
         raise BuildError(f"`{' '.join(cmd)}` failed with exit {code}:\n{output}")
     tmp.rename(out)
-    say(log, f"envtest: built {out}")
+    say(log, f"tests: built {out}")
+
+
+def kube_binary_path(command: str) -> Path:
+    """Where the cached build of k8s.io/kubernetes/cmd/<command> at the pinned version lives."""
+    return tools_dir() / f"{command}-{pinned_version(KUBERNETES_MODULE)}" / command
+
+
+def ensure_kube_binaries(*commands: str, log=TERMINAL) -> list[Path]:
+    """Build each missing k8s.io/kubernetes/cmd/<command> at the pinned version; return their paths."""
+    version = pinned_version(KUBERNETES_MODULE)
+    paths = [kube_binary_path(command) for command in commands]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock():
+        for command, path in zip(commands, paths):
+            if not path.exists():
+                _go_build(f"{KUBERNETES_MODULE}/cmd/{command}", version, path, _ldflags_kube(version), log)
+    return paths
+
+
+@contextlib.contextmanager
+def _build_lock():
+    """Two test sessions must not build into the same place at once."""
+    tools_dir().mkdir(parents=True, exist_ok=True)
+    with open(tools_dir() / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def ensure_binaries(log=TERMINAL) -> Binaries:
     """Return cached binaries, building any that are missing. Raises BuildError saying why."""
-    kube_version = pinned_version(KUBERNETES_MODULE)
     etcd_version = pinned_version(ETCD_MODULE)
-    kube = tools_dir() / f"kube-apiserver-{kube_version}" / "kube-apiserver"
     etcd = tools_dir() / f"etcd-{etcd_version}" / "etcd"
-    for path in (kube, etcd):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tools_dir() / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two test sessions must not build into the same place at once
+    etcd.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock():
         if not etcd.exists():
             _go_build("./etcd", etcd_version, etcd, _ldflags_etcd(etcd_version), log)
-        if not kube.exists():
-            _go_build(f"{KUBERNETES_MODULE}/cmd/kube-apiserver", kube_version, kube, _ldflags_kube(kube_version), log)
-    return Binaries(kube, etcd, kube_version, etcd_version)
+    (kube,) = ensure_kube_binaries("kube-apiserver", log=log)
+    return Binaries(kube, etcd, pinned_version(KUBERNETES_MODULE), etcd_version)
 
 
 if __name__ == "__main__":

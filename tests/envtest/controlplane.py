@@ -31,20 +31,22 @@ class ControlPlane:
     etcd_port: int = field(default_factory=free_port)
     etcd_peer_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
+    address: str = "127.0.0.1"  # where kube-apiserver listens and what it advertises
+    service_cidr: str = "10.0.0.0/24"
     files: certs.CertFiles | None = None
     etcd: subprocess.Popen | None = None
     apiserver: subprocess.Popen | None = None
 
     @property
     def host(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     @property
     def kubeconfig(self) -> Path:
         return self.workdir / "admin.kubeconfig"
 
     def start(self, timeout: float = 120.0) -> "ControlPlane":
-        self.files = certs.generate(self.workdir / "pki")
+        self.files = certs.generate(self.workdir / "pki", **self.serving_sans())
         self._start_etcd()
         self.start_apiserver(timeout)
         write_kubeconfig(self.kubeconfig, self.host, self.files.ca_cert, user={
@@ -52,6 +54,9 @@ class ControlPlane:
             "client-key-data": _b64(self.files.admin_key),
         })
         return self
+
+    def serving_sans(self) -> dict:
+        return {"serving_ips": (self.address,)}
 
     def _start_etcd(self) -> None:
         client = f"http://127.0.0.1:{self.etcd_port}"
@@ -66,12 +71,11 @@ class ControlPlane:
             "--log-level=warn",
         ])
 
-    def start_apiserver(self, timeout: float = 120.0) -> None:
+    def apiserver_args(self) -> list[str]:
         f = self.files
-        self.apiserver = self._spawn("kube-apiserver", [
-            str(self.binaries.kube_apiserver),
+        return [
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             f"--tls-cert-file={f.serving_cert}", f"--tls-private-key-file={f.serving_key}",
@@ -80,21 +84,24 @@ class ControlPlane:
             f"--service-account-signing-key-file={f.sa_key}",
             f"--service-account-issuer={SA_ISSUER}",
             "--authorization-mode=RBAC",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={self.service_cidr}",
             "--endpoint-reconciler-type=none",  # it refuses a loopback advertise address
             "--disable-admission-plugins=ServiceAccount",  # no controller-manager creates `default` SAs
             "--allow-privileged=true",
             "-v=0",
-        ])
+        ]
+
+    def start_apiserver(self, timeout: float = 120.0) -> None:
+        self.apiserver = self._spawn("kube-apiserver", [str(self.binaries.kube_apiserver), *self.apiserver_args()])
         self._wait_ready(timeout)
 
     def stop_apiserver(self) -> None:
-        _terminate(self.apiserver)
+        terminate(self.apiserver)
         self.apiserver = None
 
     def stop(self) -> None:
-        _terminate(self.apiserver)
-        _terminate(self.etcd)
+        terminate(self.apiserver)
+        terminate(self.etcd)
         self.apiserver = self.etcd = None
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -115,7 +122,7 @@ class ControlPlane:
                 if proc.poll() is not None:
                     raise ControlPlaneError(
                         f"{name} exited with {proc.returncode} during startup; log tail:\n"
-                        + _tail(self.workdir / f"{name}.log"))
+                        + log_tail(self.workdir / f"{name}.log"))
             try:
                 with urllib.request.urlopen(f"{self.host}/readyz", context=ctx, timeout=2) as resp:
                     if resp.status == 200:
@@ -124,10 +131,10 @@ class ControlPlane:
                 last = str(exc)
             time.sleep(0.2)
         raise ControlPlaneError(f"kube-apiserver not ready after {timeout:.0f} s (last: {last}); log tail:\n"
-                                + _tail(self.workdir / "kube-apiserver.log"))
+                                + log_tail(self.workdir / "kube-apiserver.log"))
 
 
-def _terminate(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
+def terminate(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -138,7 +145,7 @@ def _terminate(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
         proc.wait()
 
 
-def _tail(path: Path, chars: int = 3000) -> str:
+def log_tail(path: Path, chars: int = 3000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
     except OSError:

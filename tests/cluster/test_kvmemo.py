@@ -1,0 +1,259 @@
+"""kvmemo on a real cluster, with the images built from this tree: the chart installs under the restricted
+Pod Security Standard, pods remember their memory plan across deletes and scale-outs, clients reach it
+through its Service, a delete drains in-flight streams, the controller fails over, the plain manifests
+give the same, and a settings change profiles again. The tests share one release and run in order."""
+
+import json
+import subprocess
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import yaml
+
+from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
+from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc
+from tests.cluster import containerd
+from tests.cluster.workloads import (CONTROLLER, SERVER, fingerprint, log, plans, pods, ready_pods, samples,
+                                     seconds_to_ready, wait_for)
+from tests.k8s.kube import REPO
+from tests.progress import TERMINAL, say
+from tests.server.conftest import kvmemo_command
+from tests.tools import grpcurl, helm
+
+CHART = REPO / "deploy" / "helm" / "kvmemo"
+RELEASE = "kvmemo"
+GRPC_PORT, METRICS_PORT, CONTROLLER_PORT = 50051, 8000, 8081
+# The node has 2 CPUs: the chart's default request of one CPU per pod would leave the scaled-out pods Pending.
+SMALL = ("--set", "resources.requests.cpu=100m", "--set", "resources.requests.memory=512Mi")
+
+
+def _image_values(images) -> list[str]:
+    """Local images the kubelet must not try to pull; a controller image of its own where the chart has one."""
+    def ref_values(prefix: str, ref: str) -> list[str]:
+        repository, tag = ref.rsplit(":", 1)
+        return ["--set", f"{prefix}.repository={repository}", "--set", f"{prefix}.tag={tag}",
+                "--set", f"{prefix}.pullPolicy=Never"]
+    values = ref_values("image", images.service.ref)
+    if "image" in (yaml.safe_load((CHART / "values.yaml").read_text()).get("controller") or {}):
+        values += ref_values("controller.image", images.controller.ref)
+    return values
+
+
+@pytest.fixture(scope="module")
+def release(kube_cluster, kvmemo_images):
+    namespace = "kvmemo-chart"
+    kube_cluster.kubectl("create", "namespace", namespace)
+    kube_cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    kube_cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=120s")
+    yield namespace
+    _helm(kube_cluster, "uninstall", RELEASE, "-n", namespace, "--wait", "--timeout=5m", check=False)
+    kube_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _helm(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(helm()), f"--kubeconfig={cluster.kubeconfig}", *args],
+                            capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def _service_address(cluster, namespace: str) -> str:
+    ip = cluster.kubectl("get", "service", RELEASE, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").stdout
+    return f"{ip}:{GRPC_PORT}"
+
+
+def test_1_helm_install_both_deployments_ready_through_grpc_probes(kube_cluster, kvmemo_images, release):
+    _helm(kube_cluster, "install", RELEASE, str(CHART), "-n", release, *_image_values(kvmemo_images), *SMALL,
+          "--wait", "--timeout=15m")
+    for deployment in (RELEASE, f"{RELEASE}-controller"):
+        kube_cluster.kubectl("rollout", "status", f"deployment/{deployment}", "-n", release, "--timeout=15m")
+    (server,) = ready_pods(kube_cluster, release, SERVER, 1)
+    container = server["spec"]["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == GRPC_PORT, container[probe]
+    ready_pods(kube_cluster, release, CONTROLLER, 2)
+
+
+def test_2_replacement_pod_boots_from_the_plan(kube_cluster, release):
+    (first,) = ready_pods(kube_cluster, release, SERVER, 1)
+    first_log = log(kube_cluster, release, first)
+    fp12 = fingerprint(first_log)
+    assert "profiling memory" in first_log, first_log[-3000:]
+    plan = wait_for(lambda: plans(kube_cluster, release).get(fp12), f"the controller's plan for {fp12}")
+    assert plan["kv_cache_memory_bytes"] > 0
+
+    kube_cluster.kubectl("delete", "pod", "-n", release, first["metadata"]["name"])
+    (second,) = ready_pods(kube_cluster, release, SERVER, 1)
+    second_log = log(kube_cluster, release, second)
+    assert "skipped profiling" in second_log, second_log[-3000:]
+    plan_info = samples(second, METRICS_PORT, "kvmemo_kv_cache_plan_info")
+    assert any(labels["source"] == "configmap" and value == 1 for labels, value in plan_info), plan_info
+    say(TERMINAL, f"cluster: first pod Ready {seconds_to_ready(first):.0f} s after its start (profiled), "
+                  f"its replacement {seconds_to_ready(second):.0f} s (from the plan)")
+
+
+def test_3_scaled_out_pods_boot_from_the_plan(kube_cluster, release):
+    kube_cluster.kubectl("scale", f"deployment/{RELEASE}", "-n", release, "--replicas=3")
+    for pod in ready_pods(kube_cluster, release, SERVER, 3):
+        assert "skipped profiling" in log(kube_cluster, release, pod)
+
+
+def test_4_clients_get_text_through_the_service(kube_cluster, release):
+    address = _service_address(kube_cluster, release)
+    kvmemo = kvmemo_command()
+    generated = subprocess.run([*kvmemo, "generate", "--server", address, "--max-tokens", "8", "Hello"],
+                               capture_output=True, text=True, timeout=120)
+    assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr
+    chat = subprocess.run([*kvmemo, "chat", "--server", address, "--max-tokens", "8", "Say hi"],
+                          capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+
+    body = json.dumps({"text": "Hello", "max_tokens": 4, "sampling": {"temperature": 0}})
+    curl = subprocess.run([str(grpcurl()), "-plaintext", "-d", body, address, "kvmemo.v1.KvmemoService/Generate"],
+                          capture_output=True, text=True, timeout=120)
+    assert curl.returncode == 0 and "finish_reason" in curl.stdout, curl.stderr
+
+    client = triton.InferenceServerClient(address)
+    model = yaml.safe_load((CHART / "values.yaml").read_text())["model"]["name"]
+    assert client.is_model_ready(model)
+    inputs = []
+    for name, datatype, value in (("text_input", "BYTES", b"Hello"), ("stream", "BOOL", False),
+                                  ("sampling_parameters", "BYTES", json.dumps({"max_tokens": 4}).encode())):
+        tensor = triton.InferInput(name, [1], datatype)
+        tensor.set_data_from_numpy(np.array([value], dtype=object if datatype == "BYTES" else bool))
+        inputs.append(tensor)
+    (text,) = client.infer(model, inputs).as_numpy("text_output")
+    assert text.startswith(b"Hello") and len(text) > len(b"Hello")
+    client.close()
+
+
+def _exit_codes(cluster, namespace: str, name: str, found: list, stop: threading.Event) -> None:
+    """Watch one pod until it is gone, collecting its container's exit code from the last status the kubelet
+    wrote before the pod's object was removed."""
+    proc = subprocess.Popen(["kubectl", f"--kubeconfig={cluster.kubeconfig}", "get", "pod", name, "-n", namespace,
+                             "--watch", "--output-watch-events", "-o", "json"], stdout=subprocess.PIPE, text=True)
+    decoder, buffer = json.JSONDecoder(), ""
+    for line in proc.stdout:
+        buffer += line
+        try:
+            event, end = decoder.raw_decode(buffer.lstrip())
+        except json.JSONDecodeError:
+            continue
+        buffer = buffer.lstrip()[end:]
+        for status in event["object"].get("status", {}).get("containerStatuses", []):
+            terminated = status.get("state", {}).get("terminated")
+            if terminated:
+                found.append(terminated["exitCode"])
+        if event["type"] == "DELETED" or stop.is_set():
+            break
+    proc.kill()
+
+
+def test_5_delete_during_a_stream_drains_it_and_exits_0(kube_cluster, release):
+    victim = ready_pods(kube_cluster, release, SERVER, 3)[0]
+    name = victim["metadata"]["name"]
+    codes, stop = [], threading.Event()
+    watcher = threading.Thread(target=_exit_codes, args=(kube_cluster, release, name, codes, stop))
+    watcher.start()
+    request = pb.GenerateRequest(text="Tell me a long story", max_tokens=200, sampling=pb.SamplingParameters(temperature=0),
+                                 stop=pb.StopConditions(ignore_eos=True))
+    follow = subprocess.Popen(["kubectl", f"--kubeconfig={kube_cluster.kubeconfig}", "logs", "-f", "-n", release, name],
+                              stdout=subprocess.PIPE, text=True)
+    with grpc.insecure_channel(f"{victim['status']['podIP']}:{GRPC_PORT}") as channel:
+        stream = pb_grpc.KvmemoServiceStub(channel).Generate(request, timeout=120)
+        tokens = len(next(stream).token_ids)
+        kube_cluster.kubectl("delete", "pod", "-n", release, name, "--wait=false")
+        last = None
+        for last in stream:
+            tokens += len(last.token_ids)
+    watcher.join(180)
+    stop.set()
+    pod_log = follow.communicate(timeout=60)[0]
+    assert "draining: 1 requests in flight" in pod_log, pod_log[-3000:]  # SIGTERM came while it streamed
+    assert last.finish_reason == pb.FINISH_REASON_LENGTH and tokens == 200
+    assert codes and codes[-1] == 0, codes
+    ready_pods(kube_cluster, release, SERVER, 3)
+
+
+def _leader(cluster, namespace: str) -> str:
+    return cluster.kubectl("get", "lease", "kvmemo-controller", "-n", namespace,
+                           "-o", "jsonpath={.spec.holderIdentity}").stdout
+
+
+def test_6_standby_controller_takes_over_from_a_deleted_leader(kube_cluster, release):
+    leader = wait_for(lambda: _leader(kube_cluster, release), "a controller leader")
+    kube_cluster.kubectl("delete", "pod", "-n", release, leader)
+    successor = wait_for(lambda: (lambda h: h if h and h != leader else None)(_leader(kube_cluster, release)),
+                         "the standby taking the Lease")
+    controllers = ready_pods(kube_cluster, release, CONTROLLER, 2)
+    assert successor in {p["metadata"]["name"] for p in controllers}
+
+    assert _leaders(controllers) == [successor]
+
+
+def _leaders(controllers: list[dict]) -> list[str]:
+    return [p["metadata"]["name"] for p in controllers
+            if any(v == 1 for _, v in samples(p, CONTROLLER_PORT, "kvmemo_controller_is_leader"))]
+
+
+def _plans_written(controller: dict) -> float:
+    return sum(v for labels, v in samples(controller, CONTROLLER_PORT, "kvmemo_controller_reconcile_total")
+               if labels["result"] == "written")
+
+
+def _full_name(image: str) -> str:
+    """What containerd calls an image that a manifest names without a registry."""
+    if "/" not in image:
+        return f"docker.io/library/{image}"
+    return image if "." in image.split("/", 1)[0] or image.startswith("localhost/") else f"docker.io/{image}"
+
+
+def test_7_plain_manifests_give_the_same_result(kube_cluster, kvmemo_images, release):
+    chart_plans = plans(kube_cluster, release)
+    rendered = yaml.safe_load_all(kube_cluster.kubectl("kustomize", str(REPO / "deploy" / "manifests" / "base")).stdout)
+    for doc in rendered:
+        if doc and doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                archive = kvmemo_images.controller if "controller" in container["image"] else kvmemo_images.service
+                containerd.tag_image(kube_cluster.workdir, archive.ref, _full_name(container["image"]))
+    namespace = "kvmemo-manifests"
+    kube_cluster.kubectl("create", "namespace", namespace)
+    kube_cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    kube_cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=120s")
+    try:
+        kube_cluster.kubectl("apply", "-k", str(REPO / "deploy" / "manifests" / "base"), "-n", namespace)
+        for deployment in ("kvmemo", "kvmemo-controller"):
+            kube_cluster.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace, "--timeout=15m")
+        (server,) = ready_pods(kube_cluster, namespace, SERVER, 1)
+        ready_pods(kube_cluster, namespace, CONTROLLER, 2)
+        fp12 = fingerprint(log(kube_cluster, namespace, server))
+        assert fp12 in chart_plans, (fp12, list(chart_plans))  # the chart's defaults, the same memory fingerprint
+        plan = wait_for(lambda: plans(kube_cluster, namespace).get(fp12), "the plan in the manifests' ConfigMap")
+        assert plan["kv_cache_memory_bytes"] > 0
+    finally:
+        kube_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_8_a_settings_change_gets_a_new_fingerprint_and_profiles(kube_cluster, release):
+    """After test 6's failover: the new report becomes a plan, written by the new leader alone."""
+    (old_fp12,) = plans(kube_cluster, release)
+    _helm(kube_cluster, "upgrade", RELEASE, str(CHART), "-n", release, "--reuse-values",
+          "--set", "serving.maxNumSeqs=32", "--wait", "--timeout=15m")
+    kube_cluster.kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", release, "--timeout=15m")
+    (pod,) = ready_pods(kube_cluster, release, SERVER, 1)
+    pod_log = log(kube_cluster, release, pod)
+    new_fp12 = fingerprint(pod_log)
+    assert new_fp12 != old_fp12
+    assert "profiling memory" in pod_log, pod_log[-3000:]
+    now = wait_for(lambda: (lambda p: p if new_fp12 in p else None)(plans(kube_cluster, release)),
+                   f"the plan for {new_fp12}")
+    assert old_fp12 in now  # the old pods' plan stays
+
+    controllers = ready_pods(kube_cluster, release, CONTROLLER, 2)
+    (leader,) = _leaders(controllers)
+    written = {p["metadata"]["name"]: _plans_written(p) for p in controllers}
+    assert written[leader] >= 1 and sum(written.values()) == written[leader], written
