@@ -7,14 +7,19 @@ the process's environment, read once at import. Production never sets it; an unk
 - boot_gate=PATH: the server listens (health NOT_SERVING) and waits for PATH to exist before it boots the
   engine, so that a test can watch the state before the engine is warm however fast the machine boots.
 - step_failure_gate=PATH: once PATH exists, every engine step raises, as on a GPU with a persistent CUDA error
-  (the test creates PATH after the boot's warm-up, so the server first reaches SERVING)."""
+  (the test creates PATH after the boot's warm-up, so the server first reaches SERVING).
+- step_hold=PATH: while PATH exists, every engine step waits for it to go, so that a test can keep a request in
+  flight (a pod deleted mid-stream) for as long as it needs and then let it finish; the log says when a
+  step is held."""
 
+import logging
 import os
 import time
 
 from service.errors import ConfigError
 
-KNOWN = {"step_delay_seconds": float, "oom_in_warm_up": int, "boot_gate": str, "step_failure_gate": str}
+KNOWN = {"step_delay_seconds": float, "oom_in_warm_up": int, "boot_gate": str, "step_failure_gate": str,
+         "step_hold": str}
 
 
 def parse(text: str) -> dict[str, float | int | str]:
@@ -30,6 +35,7 @@ def parse(text: str) -> dict[str, float | int | str]:
     return faults
 
 
+log = logging.getLogger(__name__)
 ACTIVE = parse(os.environ.get("KVMEMO_FAULTS", ""))
 
 
@@ -47,6 +53,11 @@ def before_step() -> None:
     delay = ACTIVE.get("step_delay_seconds")
     if delay:
         time.sleep(delay)
+    hold = ACTIVE.get("step_hold")
+    if hold and os.path.exists(hold):
+        log.warning("engine step held while %s exists (KVMEMO_FAULTS step_hold)", hold)
+        while os.path.exists(hold):
+            time.sleep(0.05)
     gate = ACTIVE.get("step_failure_gate")
     if gate and os.path.exists(gate):
         raise RuntimeError("injected step failure (KVMEMO_FAULTS step_failure_gate)")

@@ -28,6 +28,10 @@ RELEASE = "kvmemo"
 GRPC_PORT, METRICS_PORT, CONTROLLER_PORT = 50051, 8000, 8081
 # The node has 2 CPUs: the chart's default request of one CPU per pod would leave the scaled-out pods Pending.
 SMALL = ("--set", "resources.requests.cpu=100m", "--set", "resources.requests.memory=512Mi")
+# While this file exists in a pod, its engine steps wait (service/faults.py): test 5 holds a stream in flight
+# across the pod's deletion however fast the machine generates, then lets it finish.
+STEP_HOLD = "/tmp/kvmemo-step-hold"
+FAULTS = ("--set", "env[0].name=KVMEMO_FAULTS", "--set", f"env[0].value=step_hold={STEP_HOLD}")
 
 
 def _image_values(images) -> list[str]:
@@ -67,7 +71,7 @@ def _service_address(cluster, namespace: str) -> str:
 
 
 def test_1_helm_install_both_deployments_ready_through_grpc_probes(kube_cluster, kvmemo_images, release):
-    _helm(kube_cluster, "install", RELEASE, str(CHART), "-n", release, *_image_values(kvmemo_images), *SMALL,
+    _helm(kube_cluster, "install", RELEASE, str(CHART), "-n", release, *_image_values(kvmemo_images), *SMALL, *FAULTS,
           "--wait", "--timeout=15m")
     for deployment in (RELEASE, f"{RELEASE}-controller"):
         kube_cluster.kubectl("rollout", "status", f"deployment/{deployment}", "-n", release, "--timeout=15m")
@@ -153,6 +157,15 @@ def _exit_codes(cluster, namespace: str, name: str, found: list, stop: threading
     proc.kill()
 
 
+def _log_until(follow: subprocess.Popen, text: str) -> list[str]:
+    lines = []
+    for line in follow.stdout:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"the pod's log ended before {text!r}:\n" + "".join(lines[-30:]))
+
+
 def test_5_delete_during_a_stream_drains_it_and_exits_0(kube_cluster, release):
     victim = ready_pods(kube_cluster, release, SERVER, 3)[0]
     name = victim["metadata"]["name"]
@@ -163,17 +176,21 @@ def test_5_delete_during_a_stream_drains_it_and_exits_0(kube_cluster, release):
                                  stop=pb.StopConditions(ignore_eos=True))
     follow = subprocess.Popen(["kubectl", f"--kubeconfig={kube_cluster.kubeconfig}", "logs", "-f", "-n", release, name],
                               stdout=subprocess.PIPE, text=True)
+    kube_cluster.kubectl("exec", "-n", release, name, "--", "touch", STEP_HOLD)
     with grpc.insecure_channel(f"{victim['status']['podIP']}:{GRPC_PORT}") as channel:
-        stream = pb_grpc.KvmemoServiceStub(channel).Generate(request, timeout=120)
-        tokens = len(next(stream).token_ids)
+        stream = pb_grpc.KvmemoServiceStub(channel).Generate(request, timeout=300)
+        pod_log = _log_until(follow, "engine step held")  # the pod's log as it is written
         kube_cluster.kubectl("delete", "pod", "-n", release, name, "--wait=false")
+        pod_log += _log_until(follow, "draining:")  # SIGTERM comes after the preStop sleep
+        assert "1 requests in flight" in pod_log[-1], "".join(pod_log[-30:])
+        kube_cluster.kubectl("exec", "-n", release, name, "--", "rm", STEP_HOLD)
+        tokens = 0
         last = None
         for last in stream:
             tokens += len(last.token_ids)
     watcher.join(180)
     stop.set()
-    pod_log = follow.communicate(timeout=60)[0]
-    assert "draining: 1 requests in flight" in pod_log, pod_log[-3000:]  # SIGTERM came while it streamed
+    follow.kill()
     assert last.finish_reason == pb.FINISH_REASON_LENGTH and tokens == 200
     assert codes and codes[-1] == 0, codes
     ready_pods(kube_cluster, release, SERVER, 3)
