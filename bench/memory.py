@@ -44,7 +44,7 @@ def config_for(args) -> EngineConfig:
     return EngineConfig(model=args.model, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=not args.graphs,
                         kv_cache_policy="full", plan_store="file", plan_dir=args.plan_dir,
-                        kernel_cache_dir=args.kernel_cache_dir)
+                        kernel_cache_dir=args.kernel_cache_dir, kv_cache_safety_bytes=args.safety_bytes)
 
 
 def used_bytes(device) -> int:
@@ -54,14 +54,32 @@ def used_bytes(device) -> int:
     return snapshot.take(device).used
 
 
+ALLOCATOR_STATS = ("allocated_bytes.all.peak", "reserved_bytes.all.peak", "reserved_bytes.all.current",
+                   "inactive_split_bytes.all.current", "segment.all.current", "num_alloc_retries", "num_ooms")
+
+
+def memory_state(device) -> dict:
+    """What a soak's memory growth is made of: the driver's view, the allocator's, and what lies outside it."""
+    now = snapshot.take(device)
+    state = {"used_bytes": now.used, "reserved_bytes": now.reserved, "allocated_bytes": now.allocated,
+             "non_torch_bytes": now.non_torch}
+    if device.type == "cuda":
+        stats = torch.cuda.memory_stats(device)
+        state["allocator"] = {k: stats.get(k) for k in ALLOCATOR_STATS}
+    return state
+
+
 def soak(engine, seconds: float, seed: int = 0) -> dict:
     """Keeps more requests in flight than max_num_seqs, with prompts and outputs long enough to fill the KV
-    cache, for `seconds`; tracks the peak device memory in use."""
+    cache, for `seconds`; tracks the peak device memory in use, and the allocator's reserved bytes and the
+    memory outside the allocator at their highest, so that growth beyond the profile can be told apart."""
     rng = random.Random(seed)
     limit = engine.max_model_len
     vocab = engine.model_config.vocab_size
-    in_flight, next_id, completed, peak_used = set(), 0, 0, 0
+    in_flight, next_id, completed, peak_used, steps = set(), 0, 0, 0, 0
     device = engine.runner.device
+    before = memory_state(device)
+    peak_reserved, peak_non_torch = before["reserved_bytes"], before["non_torch_bytes"]
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         while len(in_flight) < engine.config.max_num_seqs + 16:
@@ -75,11 +93,23 @@ def soak(engine, seconds: float, seed: int = 0) -> dict:
             if out.finished:
                 in_flight.discard(out.request_id)
                 completed += 1
+        steps += 1
         peak_used = max(peak_used, used_bytes(device))
+        if device.type == "cuda":
+            peak_reserved = max(peak_reserved, torch.cuda.memory_reserved(device))
+            free, total = torch.cuda.mem_get_info(device)
+            peak_non_torch = max(peak_non_torch, total - free - torch.cuda.memory_reserved(device))
+    after = memory_state(device)
     for rid in list(in_flight):
         engine.abort(rid)
-    return {"requests_completed": completed, "peak_used_bytes": peak_used, "ooms": engine.num_ooms,
-            "preemptions": engine.scheduler.num_preemptions}
+    return {"requests_completed": completed, "steps": steps, "peak_used_bytes": peak_used, "ooms": engine.num_ooms,
+            "preemptions": engine.scheduler.num_preemptions,
+            "soak_memory": {"before": before, "after": after, "peak_reserved_bytes": peak_reserved,
+                            "peak_non_torch_bytes": peak_non_torch,
+                            "reserved_growth_bytes": after["reserved_bytes"] - before["reserved_bytes"],
+                            "peak_reserved_growth_bytes": peak_reserved - before["reserved_bytes"],
+                            "non_torch_growth_bytes": after["non_torch_bytes"] - before["non_torch_bytes"],
+                            "peak_non_torch_growth_bytes": peak_non_torch - before["non_torch_bytes"]}}
 
 
 def run_boot(args) -> dict:
@@ -119,7 +149,8 @@ def boot_in_subprocess(args, model, max_model_len, graphs, plan_dir, kernel_dir,
         cmd = [sys.executable, __file__, "--single", "--model", model, "--max-model-len", str(max_model_len),
                "--graphs" if graphs else "--no-graphs", "--plan-dir", plan_dir, "--kernel-cache-dir", kernel_dir,
                "--soak", str(soak_s), "--max-num-seqs", str(args.max_num_seqs),
-               "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--out", f.name]
+               "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--out", f.name,
+               *(["--safety-bytes", str(args.safety_bytes)] if args.safety_bytes is not None else [])]
         log = open(Path(args.log_dir) / f"{log_name}.log", "w") if args.log_dir else None
         try:
             subprocess.run(cmd, check=True, stderr=log)
@@ -136,10 +167,12 @@ def boots(args, model, max_model_len, graphs, soak_s) -> dict:
         dirs = {k: os.path.join(root, k) for k in ("plans", "plans2", "kernels", "kernels-new-pod", "kernels2")}
         one = lambda plans, kernels, soak, tag: boot_in_subprocess(  # noqa: E731
             args, model, max_model_len, graphs, dirs[plans], dirs[kernels], soak, f"{name}-{tag}")
-        return {"cold": one("plans", "kernels", soak_s, "cold"),
-                "restart": one("plans", "kernels", 0, "restart"),
-                "new_pod": one("plans", "kernels-new-pod", 0, "new-pod"),
-                "cold2": one("plans2", "kernels2", 0, "cold2")}
+        wanted = set(args.boots.split(","))
+        runs = {"cold": lambda: one("plans", "kernels", soak_s, "cold"),
+                "restart": lambda: one("plans", "kernels", 0, "restart"),
+                "new_pod": lambda: one("plans", "kernels-new-pod", 0, "new-pod"),
+                "cold2": lambda: one("plans2", "kernels2", 0, "cold2")}
+        return {k: (run() if k == "cold" or k in wanted else {}) for k, run in runs.items()}
 
 
 def summary(env, model, graphs, soak_s, b) -> dict:
@@ -151,14 +184,17 @@ def summary(env, model, graphs, soak_s, b) -> dict:
                 prediction_error_bytes=cold["prediction_error_bytes"],
                 prediction_error_after_run_bytes=cold.get("prediction_error_after_run_bytes"),
                 margin_bytes=cold.get("safety_bytes"), ooms=cold.get("ooms"),
+                soak_memory=cold.get("soak_memory"), requests_completed=cold.get("requests_completed"),
                 peak_used_ratio=cold.get("peak_used_ratio"),
-                cold_ready_s=cold["ready_s"], restart_ready_s=restart["ready_s"], new_pod_ready_s=new_pod["ready_s"],
-                restart_over_cold=restart["ready_s"] / cold["ready_s"],
-                profile_s=cold["phase_seconds"]["profile"], profile2_s=cold2["phase_seconds"]["profile"],
+                cold_ready_s=cold["ready_s"], restart_ready_s=restart.get("ready_s"),
+                new_pod_ready_s=new_pod.get("ready_s"),
+                restart_over_cold=restart["ready_s"] / cold["ready_s"] if restart else None,
+                profile_s=cold["phase_seconds"]["profile"],
+                profile2_s=cold2["phase_seconds"]["profile"] if cold2 else None,
                 profile_spread_bytes=spread,
                 kernels_compiled={k: v.get("kernels_compiled") for k, v in b.items()},
                 load_seconds={k: v.get("load_seconds") for k, v in b.items()},
-                warm_plan_source=restart["plan_source"], **b)
+                warm_plan_source=restart.get("plan_source"), **b)
 
 
 def main():
@@ -176,6 +212,10 @@ def main():
     ap.add_argument("--soak", type=float, default=300)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--safety-bytes", type=int, default=None,
+                    help="the KV-cache safety margin (default: the service's default for the device)")
+    ap.add_argument("--boots", default="cold,restart,new_pod,cold2",
+                    help="which boots of each case run (the cold one always does)")
     args = ap.parse_args()
     if args.single:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -57,24 +57,27 @@ def memory() -> str:
         for r in data["rows"]:
             graphs = "on" if r["cudagraphs"] else "off"
             if "error" in r:
-                rows.append([r["device"], model_label(r["model"]), graphs, r["error"]] + [""] * 12 + [name])
+                rows.append([r["device"], model_label(r["model"]), graphs, r["error"]] + [""] * 13 + [name])
                 continue
             soaked = r.get("soak_seconds") or 0
             new_pod = r.get("new_pod_ready_s", r.get("warm_ready_s"))
             restart = r.get("restart_ready_s")
             compiled = (r.get("kernels_compiled") or {}).get("restart")
+            growth = r.get("soak_memory")
+            growth = (f'{fmt(growth["peak_reserved_growth_bytes"], 0, 1 / MiB)} / '
+                      f'{fmt(growth["peak_non_torch_growth_bytes"], 0, 1 / MiB)}') if growth else "n/a"
             rows.append([r["device"], model_label(r["model"]), graphs,
                          fmt(r["prediction_error_bytes"], 0, 1 / MiB),
                          fmt(r["prediction_error_after_run_bytes"], 0, 1 / MiB) if soaked else "no soak",
                          fmt(r.get("margin_bytes"), 0, 1 / MiB),
-                         f'{r["ooms"]} in {soaked:.0f} s' if soaked else "no soak",
+                         f'{r["ooms"]} in {soaked:.0f} s' if soaked else "no soak", growth,
                          fmt(r["peak_used_ratio"], 2, 100) + "%" if soaked else "no soak",
                          fmt(r["cold_ready_s"], 1), fmt(restart, 1),
                          fmt(restart / r["cold_ready_s"] if restart else None, 2), fmt(compiled),
                          fmt(new_pod, 1), fmt(r["profile_s"], 1), fmt(r.get("profile_spread_bytes"), 0, 1 / MiB),
-                         r["warm_plan_source"], name])
+                         r.get("warm_plan_source") or "n/a", name])
     return table(["device", "model", "graphs", "error after capture MiB", "error after soak MiB", "margin MiB",
-                  "OOMs", "peak used", "cold ready s", "restart ready s", "restart/cold", "restart compiled",
+                  "OOMs", "soak growth MiB: allocator / outside it", "peak used", "cold ready s", "restart ready s", "restart/cold", "restart compiled",
                   "new pod ready s", "profile s", "profile spread MiB", "warm plan", "results"], rows)
 
 
