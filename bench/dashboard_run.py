@@ -114,6 +114,8 @@ def server_command(args, boot_name: str, grpc_port: int, metrics_port: int, work
             "--weights-seed", "0", "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
             "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--kv-cache-policy", policy,
             "--plan-store", "file", "--plan-dir", str(work / "plans"), "--kernel-cache-dir", str(work / "kernels"),
+            # Room above --concurrency: a finished stream's slot may be freed a moment after its last message.
+            "--max-concurrent-requests", str(args.concurrency + 64), "--max-waiting-requests", str(args.concurrency + 64),
             "--drain-grace-seconds", "2", *args.server_arg]
 
 
