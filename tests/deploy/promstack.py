@@ -60,11 +60,13 @@ def prometheus_config(targets: dict[str, list[tuple[int, dict]]], rule_file: Pat
     }
 
 
-def start_prometheus(binary: str, config: dict, workdir: Path, port: int) -> subprocess.Popen:
+def start_prometheus(binary: str, config: dict, workdir: Path, port: int, *flags: str) -> subprocess.Popen:
+    """Its TSDB in workdir/data (which may hold blocks already); returns once it is ready."""
     (workdir / "prometheus.yml").write_text(json.dumps(config, indent=2))
     log = workdir / "prometheus.log"
     proc = subprocess.Popen([binary, f"--config.file={workdir / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                             *flags],
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     wait_until(lambda: _ok(f"http://127.0.0.1:{port}/-/ready"), 60, "prometheus ready", proc, log)
     return proc
