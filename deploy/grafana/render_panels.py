@@ -28,10 +28,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from backfill import pod_of, prometheus_over, read_scrapes  # noqa: E402
-
 DASHBOARD = Path(__file__).with_name("kvmemo-dashboard.json")
 UNITS = {"bytes": (2**30, "GiB"), "s": (1, "s"), "none": (1, ""), "short": (1, "")}
 
@@ -171,6 +167,9 @@ def render(base: str, out: Path, variables: dict[str, str], start: float, end: f
 
 
 def render_scrapes(directory: Path, out: Path, variables: dict[str, str], prometheus_bin: str, promtool: str) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from backfill import pod_of, prometheus_over, read_scrapes  # the tests' process helpers: only for --scrapes
+
     scrapes = read_scrapes(directory)
     summary_file = directory / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
