@@ -9,10 +9,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from tests.deploy.render import ROOT
+from tests.health import serving
 
 
 def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
@@ -28,15 +26,6 @@ def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | No
 
 def tail(log: Path | None) -> str:
     return log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-
-
-def serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def start_server(grpc_port: int, metrics_port: int, cache: Path, log: Path, *extra: str) -> subprocess.Popen:
@@ -71,11 +60,13 @@ def prometheus_config(targets: dict[str, list[tuple[int, dict]]], rule_file: Pat
     }
 
 
-def start_prometheus(binary: str, config: dict, workdir: Path, port: int) -> subprocess.Popen:
+def start_prometheus(binary: str, config: dict, workdir: Path, port: int, *flags: str) -> subprocess.Popen:
+    """Its TSDB in workdir/data (which may hold blocks already); returns once it is ready."""
     (workdir / "prometheus.yml").write_text(json.dumps(config, indent=2))
     log = workdir / "prometheus.log"
     proc = subprocess.Popen([binary, f"--config.file={workdir / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                             *flags],
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     wait_until(lambda: _ok(f"http://127.0.0.1:{port}/-/ready"), 60, "prometheus ready", proc, log)
     return proc
