@@ -48,7 +48,7 @@ ENGINE_FLAGS = (
          "(default: 1, 2, 4, 8, then steps of 16 up to max_num_seqs)"),
     Flag("kv_cache_policy", str, "which profiled suggestion sizes the KV cache: fit-requested (within "
          "gpu_memory_utilization) or full (all free memory)"),
-    Flag("kv_cache_safety_bytes", int, "bytes left free beside the measured components (default: 512 MiB on "
+    Flag("kv_cache_safety_bytes", int, "bytes left free beside the measured components (default: 256 MiB on "
          "CUDA, 64 MiB on CPU)"),
     Flag("plan_store", str, "where measured plans are kept: auto (the ConfigMap when one is named, else a "
          "file), file, configmap or none"),

@@ -15,12 +15,13 @@ from service.plans.store import Lookup, StoredPlan
 
 log = logging.getLogger(__name__)
 
-# Chosen from the GPU measurements in bench/results/memory-*.json. The largest non-KV prediction error seen
-# there is +217 MiB; doubled, because serving fragments the allocator's free memory in ways a dummy batch
-# does not (a 300 s Llama-3-8B soak with a 256 MiB margin ran out of memory) and the constrained activation
-# check that answers it has not run on a GPU yet. On CPU the allocator returns memory to the OS, and 64 MiB
-# covers RSS jitter.
-DEFAULT_SAFETY_BYTES = {"cuda": 512 * MiB, "cpu": 64 * MiB}
+# Chosen from the H200 soaks in bench/results/memory-h200-2026-12-01-soak.json: four 5-minute max-concurrency
+# soaks at the `full` size with this margin ran with 0 OOMs. What grows beyond the profile while serving is the
+# allocator's reserved memory (serving's mixed batches fragment it; memory outside the allocator grew 0-2 MiB);
+# at its highest the non-KV memory exceeded the prediction by 243 MiB (Qwen3-0.6B with CUDA graphs), so this is
+# the smallest power of two above it, and a plan that still runs out of memory doubles it (below). On CPU the
+# allocator returns memory to the OS, and 64 MiB covers RSS jitter.
+DEFAULT_SAFETY_BYTES = {"cuda": 256 * MiB, "cpu": 64 * MiB}
 MAX_SAFETY_DOUBLINGS = 4
 
 
