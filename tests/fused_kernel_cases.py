@@ -3,38 +3,51 @@ code of service/model/llama.py, under Triton's interpreter. Not collected by the
 runs this file in a child pytest with TRITON_INTERPRET=1 (Triton reads it when a kernel is decorated, so the
 suite's own process must never see it).
 
-bfloat16 tolerances are a few bf16 steps rather than one: the interpreter truncates float32 -> bfloat16 casts
-instead of rounding to nearest (triton/runtime/interpreter.py, _convert_float), so each rounding in a kernel may
-land one step below PyTorch's. On CUDA the casts round to nearest and tests/test_fused_kernels.py's GPU tests
-hold the kernels to one step."""
+The interpreter truncates float32 -> bfloat16 casts (triton/runtime/interpreter.py, _convert_float) where the
+GPU, like PyTorch, rounds to nearest even; this file gives the interpreter PyTorch's rounding for that one cast,
+so that bfloat16 is held to the GPU tests' tolerance (two bf16 steps, and the residual add exact)."""
 
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import triton.language as tl
 from hypothesis import given, settings, strategies as st
+from triton.runtime import interpreter
 
 from service.kernels.activation import silu_and_mul
 from service.kernels.rms_norm import fused_add_rms_norm
-from service.kernels.rotary import HeadNorm, rotary_
+from service.kernels.rotary import CacheWrite, HeadNorm, rotary_
 from service.model.llama import apply_rotary, rms_norm
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="runs under Triton's interpreter, through tests/test_fused_kernels.py")
 
-SETTINGS = settings(max_examples=20, deadline=None)
+SETTINGS = settings(max_examples=40, deadline=None)
 DTYPES = st.sampled_from([torch.float32, torch.bfloat16])
+_truncating_convert = interpreter._convert_float
+
+
+def _convert_rounding_to_nearest(data, input_dtype, output_dtype, rounding_mode):
+    if input_dtype == tl.float32 and output_dtype == tl.bfloat16:
+        rounded = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(torch.bfloat16)
+        return rounded.view(torch.int16).numpy().view(np.uint16).reshape(data.shape)
+    return _truncating_convert(data, input_dtype, output_dtype, rounding_mode)
+
+
+interpreter._convert_float = _convert_rounding_to_nearest
 
 
 def assert_close(got, want, dtype, scale):
-    """float32: the kernels' math differs only in summation order. bfloat16: four bf16 steps at the operands'
-    scale (see the module docstring)."""
+    """float32: the kernels' math differs only in summation order. bfloat16: two bf16 steps at the operands'
+    scale, for a float32 sum in another order that moves one rounding a step, and a product of it another."""
     assert got.dtype == dtype
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=1e-5)
     else:
-        torch.testing.assert_close(got.float(), want.float(), atol=2**-5 * scale, rtol=2**-5)
+        torch.testing.assert_close(got.float(), want.float(), atol=2**-6 * scale, rtol=2**-6)
 
 
 def randn(*shape, dtype, seed):
@@ -54,7 +67,7 @@ def test_fused_add_rms_norm_equals_the_residual_add_then_rms_norm(tokens, dim, d
     assert_close(out, want, dtype, 4.0)
     if with_residual:
         assert new_residual is given_residual  # updated in place
-        assert_close(new_residual, stream, dtype, 4.0)
+        assert torch.equal(new_residual, stream)  # one rounding of the same sum
     else:
         assert new_residual is x
 
@@ -86,9 +99,9 @@ def rope_tables(tokens, head_dim, dtype, seed):
 @SETTINGS
 @given(tokens=st.integers(1, 4), kv_heads=st.integers(1, 3), group=st.sampled_from([1, 3, 4]),
        head_dim=st.sampled_from([16, 32, 64, 80, 128]), dtype=DTYPES, qk_norm=st.booleans(),
-       seed=st.integers(0, 2**16))
+       write_cache=st.booleans(), block_size=st.sampled_from([1, 4, 16]), seed=st.integers(0, 2**16))
 def test_rotary_equals_the_torch_rotation_in_the_projection_output(tokens, kv_heads, group, head_dim, dtype,
-                                                                    qk_norm, seed):
+                                                                    qk_norm, write_cache, block_size, seed):
     heads = kv_heads * group
     q_size, kv_size = heads * head_dim, kv_heads * head_dim
     qkv = randn(tokens, q_size + 2 * kv_size, dtype=dtype, seed=seed)  # q and k are strided views of it
@@ -102,11 +115,30 @@ def test_rotary_equals_the_torch_rotation_in_the_projection_output(tokens, kv_he
         norm = HeadNorm(torch.rand(head_dim, generator=g).to(dtype), torch.rand(head_dim, generator=g).to(dtype), 1e-6)
         want_q, want_k = rms_norm(q, norm.q_weight, norm.eps), rms_norm(k, norm.k_weight, norm.eps)
     want_q, want_k = apply_rotary(want_q, cos, sin), apply_rotary(want_k, cos, sin)
-    v_before = qkv[:, q_size + kv_size:].clone()
-    rotary_(q, k, cos, sin, norm)
+    before = qkv.clone()
+    v = qkv[:, q_size + kv_size:].view(tokens, kv_heads, head_dim)
+    cache = None
+    if write_cache:  # the tokens land in distinct slots of a cache with room to spare
+        num_blocks = -(-3 * tokens // block_size)
+        shape = (num_blocks, block_size, kv_heads, head_dim)
+        slots = torch.randperm(num_blocks * block_size, generator=torch.Generator().manual_seed(seed))[:tokens]
+        cache = CacheWrite(v, randn(*shape, dtype=dtype, seed=seed + 2), randn(*shape, dtype=dtype, seed=seed + 3),
+                           slots)
+        caches_before = cache.k_cache.clone(), cache.v_cache.clone()
+    rotary_(q, k, cos, sin, norm, cache)
     assert_close(q, want_q, dtype, 4.0)
-    assert_close(k, want_k, dtype, 4.0)
-    assert torch.equal(qkv[:, q_size + kv_size:], v_before)
+    untouched_from = q_size if write_cache else q_size + kv_size  # with a cache, k is rotated only there
+    assert torch.equal(qkv[:, untouched_from:], before[:, untouched_from:])
+    if not write_cache:
+        assert_close(k, want_k, dtype, 4.0)
+        return
+    k_rows, v_rows = cache.k_cache.flatten(0, 1), cache.v_cache.flatten(0, 1)
+    assert_close(k_rows[slots], want_k, dtype, 4.0)
+    assert torch.equal(v_rows[slots], v)
+    untouched = torch.ones(len(k_rows), dtype=torch.bool)
+    untouched[slots] = False
+    assert torch.equal(k_rows[untouched], caches_before[0].flatten(0, 1)[untouched])
+    assert torch.equal(v_rows[untouched], caches_before[1].flatten(0, 1)[untouched])
 
 
 def test_kernels_refuse_shapes_they_cannot_handle():

@@ -59,7 +59,7 @@ def cuda_randn(*shape, seed, dtype=torch.bfloat16):
 def test_kernels_at_llama_3_8b_shapes_on_gpu(tokens, dtype):
     from service.kernels.activation import silu_and_mul
     from service.kernels.rms_norm import fused_add_rms_norm
-    from service.kernels.rotary import HeadNorm, rotary_
+    from service.kernels.rotary import CacheWrite, HeadNorm, rotary_
     from service.model.llama import apply_rotary, rms_norm
 
     tol = TWO_STEPS if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
@@ -88,6 +88,19 @@ def test_kernels_at_llama_3_8b_shapes_on_gpu(tokens, dtype):
         torch.testing.assert_close(q, want_q, atol=tol["atol"] * scale, rtol=tol["rtol"])
         torch.testing.assert_close(k, want_k, atol=tol["atol"] * scale, rtol=tol["rtol"])
         torch.testing.assert_close(data[:, 5120:], qkv[:, 5120:], atol=0, rtol=0)  # v untouched
+
+        # K rotated into the cache instead, V copied beside it, at scattered slots of 16-token blocks.
+        data = qkv.clone()
+        q, k = data[:, :4096].view(tokens, 32, 128), data[:, 4096:5120].view(tokens, 8, 128)
+        v = data[:, 5120:].view(tokens, 8, 128)
+        k_cache = torch.zeros(tokens // 16 + 8, 16, 8, 128, device="cuda", dtype=dtype)
+        v_cache = torch.zeros_like(k_cache)
+        slots = torch.randperm(k_cache.shape[0] * 16, device="cuda")[:tokens]
+        rotary_(q, k, cos, sin, norm, CacheWrite(v, k_cache, v_cache, slots))
+        torch.testing.assert_close(q, want_q, atol=tol["atol"] * scale, rtol=tol["rtol"])
+        torch.testing.assert_close(k_cache.flatten(0, 1)[slots], want_k, atol=tol["atol"] * scale, rtol=tol["rtol"])
+        torch.testing.assert_close(v_cache.flatten(0, 1)[slots], v, atol=0, rtol=0)
+        assert int((k_cache != 0).any(-1).any(-1).sum()) == tokens  # nothing written elsewhere
 
 
 def fingerprints(device: str) -> tuple[str, str]:

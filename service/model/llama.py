@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.model.attention import AttentionMetadata, paged_attention
+from service.model.attention import AttentionMetadata, attend_cached, paged_attention
 from service.model.config import ModelConfig
 
 
@@ -85,15 +85,17 @@ class Attention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if fused:
-            from service.kernels.rotary import HeadNorm, rotary_
+            from service.kernels.rotary import CacheWrite, HeadNorm, rotary_
 
             norm = HeadNorm(self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else None
-            rotary_(q, k, cos, sin, norm)  # in place, in the projection's output
+            # q rotated in place in the projection's output; k rotated into the cache, v copied beside it.
+            rotary_(q, k, cos, sin, norm, CacheWrite(v, kv_cache[0], kv_cache[1], meta.slot_mapping))
+            out = attend_cached(q, kv_cache[0], kv_cache[1], meta, self.scale)
         else:
             if self.qk_norm:
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
+            out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
         return self.o_proj(out.view(-1, self.q_size))
 
 
