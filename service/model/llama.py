@@ -2,7 +2,8 @@
 
 Parameter names follow Hugging Face's, except that q/k/v and gate/up are fused into one matrix each
 (`qkv_proj`, `gate_up_proj`), which the loader concatenates. Attention goes through the paged KV cache
-described by an explicit `AttentionMetadata`."""
+described by an explicit `AttentionMetadata`. The residual stream is carried beside each layer's output, as
+vLLM does, so that the add and the next RMSNorm can be one kernel (`forward(..., fused=True)`)."""
 
 import math
 
@@ -161,9 +162,9 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata, logits_indices=None, fused=False):
         """input_ids and positions: [num_tokens]. Returns float32 logits for the rows in logits_indices
-        (all rows when None). fused: Triton kernels for the residual add + RMSNorm, rotary (with qk_norm) and
-        SiLU x mul instead of the PyTorch code (service/kernels/: rms_norm.py, rotary.py, activation.py);
-        they need CUDA or Triton's interpreter."""
+        (all rows when None). fused: Triton kernels for the residual add + RMSNorm, rotary (with qk_norm and
+        the KV-cache write) and SiLU x mul instead of the PyTorch code (service/kernels/: rms_norm.py,
+        rotary.py, activation.py); they need CUDA or Triton's interpreter."""
         cos = self.rope_cos[positions].unsqueeze(1)
         sin = self.rope_sin[positions].unsqueeze(1)
         x, residual = self.model.embed_tokens(input_ids), None
