@@ -150,10 +150,11 @@ def test_kernels_refuse_shapes_they_cannot_handle():
         rotary_(torch.zeros(2, 4, 8), torch.zeros(2, 2, 8), torch.zeros(3, 8), torch.zeros(2, 8))
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny-qwen3"])
-def test_greedy_tokens_with_fused_kernels_equal_the_torch_path(model):
+@pytest.mark.parametrize("model,triton_attention", [("tiny", False), ("tiny-qwen3", False), ("tiny", True)])
+def test_greedy_tokens_with_fused_kernels_equal_the_torch_path(model, triton_attention):
     """The whole model through the engine (prefill chunks, decodes, mixed batches): the fused path's greedy
-    tokens equal the PyTorch path's. tiny-qwen3 covers qk_norm fused into the rotary kernel."""
+    tokens equal the PyTorch path's. tiny-qwen3 covers qk_norm fused into the rotary kernel; triton_attention,
+    the GPU's combination: the paged-attention kernels read the K/V that the rotary kernel wrote."""
     from service.config import EngineConfig
     from service.engine.model_runner import ModelRunner
     from service.engine.sampling_params import SamplingParams
@@ -168,6 +169,7 @@ def test_greedy_tokens_with_fused_kernels_equal_the_torch_path(model):
     def greedy(use_fused_kernels):
         runner = ModelRunner(config, loaded=reference.loaded)
         runner.use_fused_kernels = use_fused_kernels
+        runner.use_triton = use_fused_kernels and triton_attention
         engine = engine_over(runner, runner.layout.num_blocks_for(config.kv_cache_memory_bytes))
         for i, n in enumerate((3, 70, 17, 1)):
             engine.add_request(str(i), [256] + list(range(10, 10 + n)),
