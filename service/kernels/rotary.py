@@ -123,6 +123,7 @@ def rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     if not tokens:
         return
     num_k_heads, half = k.shape[1], head_dim // 2
+    q_pad, half_pad = triton.next_power_of_2(num_q_heads), triton.next_power_of_2(half)
     cos, sin = cos.reshape(tokens, head_dim), sin.reshape(tokens, head_dim)
     q_weight, k_weight, eps = (norm.q_weight, norm.k_weight, norm.eps) if norm else (q, k, 0.0)
     v, k_cache, v_cache, slots = (cache.v, cache.k_cache, cache.v_cache, cache.slot_mapping) if cache else (k, k, k, cos)
@@ -131,7 +132,7 @@ def rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
         q, k, cos, sin, q_weight, k_weight, v, k_cache, v_cache, slots, eps, num_q_heads, num_k_heads,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0), v.stride(0), v.stride(1),
         *cache_strides,
-        Q_PAD=triton.next_power_of_2(num_q_heads), K_PAD=triton.next_power_of_2(num_k_heads), HALF=half,
-        HALF_PAD=triton.next_power_of_2(half), NORM=norm is not None, WRITE_CACHE=cache is not None,
-        BLOCK_SIZE=k_cache.shape[1] if cache else 1, num_warps=4,
+        Q_PAD=q_pad, K_PAD=triton.next_power_of_2(num_k_heads), HALF=half, HALF_PAD=half_pad,
+        NORM=norm is not None, WRITE_CACHE=cache is not None, BLOCK_SIZE=k_cache.shape[1] if cache else 1,
+        num_warps=min(16, max(4, q_pad * half_pad // 512)),  # 16 values of each q tile a thread at most
     )

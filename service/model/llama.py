@@ -5,6 +5,7 @@ Parameter names follow Hugging Face's, except that q/k/v and gate/up are fused i
 described by an explicit `AttentionMetadata`. The residual stream is carried beside each layer's output, as
 vLLM does, so that the add and the next RMSNorm can be one kernel (`forward(..., fused=True)`)."""
 
+import functools
 import math
 
 import torch
@@ -13,6 +14,17 @@ from torch import nn
 
 from service.model.attention import AttentionMetadata, attend_cached, paged_attention
 from service.model.config import ModelConfig
+
+
+@functools.cache
+def kernels():
+    """service.kernels with the fused elementwise modules loaded, on first use: the PyTorch path never imports
+    Triton, and a step does not pay an import statement for each layer."""
+    import service.kernels.activation
+    import service.kernels.rms_norm
+    import service.kernels.rotary
+
+    return service.kernels
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -35,9 +47,7 @@ class RMSNorm(nn.Module):
         """(norm(residual + x), residual + x): the residual stream takes x in, and the norm reads it. With no
         residual yet (the first layer) x starts the stream. fused: one Triton kernel, residual updated in place."""
         if fused:
-            from service.kernels.rms_norm import fused_add_rms_norm
-
-            return fused_add_rms_norm(x, residual, self.weight, self.eps)
+            return kernels().rms_norm.fused_add_rms_norm(x, residual, self.weight, self.eps)
         residual = x if residual is None else x + residual
         return self(residual), residual
 
@@ -86,11 +96,10 @@ class Attention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if fused:
-            from service.kernels.rotary import CacheWrite, HeadNorm, rotary_
-
-            norm = HeadNorm(self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else None
+            rotary = kernels().rotary
+            norm = rotary.HeadNorm(self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else None
             # q rotated in place in the projection's output; k rotated into the cache, v copied beside it.
-            rotary_(q, k, cos, sin, norm, CacheWrite(v, kv_cache[0], kv_cache[1], meta.slot_mapping))
+            rotary.rotary_(q, k, cos, sin, norm, rotary.CacheWrite(v, kv_cache[0], kv_cache[1], meta.slot_mapping))
             out = attend_cached(q, kv_cache[0], kv_cache[1], meta, self.scale)
         else:
             if self.qk_norm:
@@ -109,9 +118,7 @@ class MLP(nn.Module):
     def forward(self, x, fused: bool):
         gate_up = self.gate_up_proj(x)
         if fused:
-            from service.kernels.activation import silu_and_mul
-
-            return self.down_proj(silu_and_mul(gate_up))
+            return self.down_proj(kernels().activation.silu_and_mul(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
