@@ -5,6 +5,7 @@ run so that the two never share the GPU.
     PYTHONPATH=. python3 bench/throughput.py --model llama-3-8b --out bench/results/throughput.json
 
 Workload A: 256 requests x 512 prompt / 256 output tokens. Workload B: batch 1, 128 prompt / 512 output.
+`--fused-kernels` runs the engine with the fused elementwise Triton kernels (EngineConfig.fused_kernels).
 """
 
 import argparse
@@ -89,6 +90,8 @@ def main() -> None:
     ap.add_argument("--peer-timeout", type=int, default=240)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink the workloads (CPU smoke runs)")
+    ap.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction, default=False,
+                    help="fused residual add + RMSNorm, rotary + KV write and SiLU x mul kernels (CUDA only)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -100,13 +103,14 @@ def main() -> None:
         print(name, "peer:", json.dumps(peer)[:1000], flush=True)
     bandwidth = measure_copy_bandwidth_gb_s()
     config = EngineConfig(model=args.model, max_num_seqs=256, max_num_batched_tokens=args.max_num_batched_tokens,
-                          max_model_len=1024, plan_store="none")
+                          max_model_len=1024, plan_store="none", fused_kernels=args.fused_kernels)
     engine, boot = build_engine(config)
     rows = []
     for name in names:
         workload = {k: max(1, int(v * args.scale)) for k, v in WORKLOADS[name].items()}
         run_workload(engine, dict(workload, requests=min(workload["requests"], 4), output=8))  # warm-up
         row = dict(env, model=args.model, workload=name, cuda_graphs=engine.runner.graphs is not None,
+                   fused_kernels=engine.runner.use_fused_kernels,
                    device_bandwidth_gb_s=bandwidth, **run_workload(engine, workload))
         if name == "B" and engine.runner.graphs is not None:
             graphs, engine.runner.graphs = engine.runner.graphs, None

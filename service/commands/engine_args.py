@@ -41,6 +41,8 @@ ENGINE_FLAGS = (
     Flag("kv_cache_memory_bytes", int, "bytes for the KV cache (default: the memory profiler decides)"),
     Flag("gpu_memory_utilization", float, "fraction of device memory kvmemo may use, in (0, 1]"),
     Flag("enforce_eager", bool, "no CUDA graphs"),
+    Flag("fused_kernels", bool, "on CUDA, four Triton kernels a layer for its elementwise work (residual add + "
+         "RMSNorm, rotary + KV-cache write, SiLU x mul) instead of about thirty PyTorch ones"),
     Flag("device", str, "auto, cpu or cuda[:N] (auto: cuda when there is one)"),
     Flag("dtype", str, "auto, float32, float16 or bfloat16 (auto: bfloat16 on cuda, float32 on cpu)"),
     Flag("weights_seed", int, "seed of a preset's random weights (the sampling seed is a request's `seed`)"),

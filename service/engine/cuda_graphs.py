@@ -30,7 +30,8 @@ class DecodeGraphs:
     def _forward(self, bs: int) -> torch.Tensor:
         meta = AttentionMetadata(slot_mapping=self.slot_mapping[:bs], num_decode_tokens=bs,
                                  decode_block_tables=self.block_tables[:bs], decode_context_lens=self.context_lens[:bs])
-        return self.runner.model(self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, meta)
+        return self.runner.model(self.input_ids[:bs], self.positions[:bs], self.runner.kv_caches, meta,
+                                 fused=self.runner.use_fused_kernels)
 
     @torch.inference_mode()
     def capture(self) -> None:

@@ -76,6 +76,8 @@ class ModelRunner:
             head_dim=cfg.head_dim, dtype=self.dtype,
         )
         self.use_triton = self.device.type == "cuda"
+        # Triton's interpreter can run them on the CPU too, which is how the tests check them there.
+        self.use_fused_kernels = self.device.type == "cuda" and config.fused_kernels
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (K, V), once allocated
         self.graphs = None  # service.engine.cuda_graphs.DecodeGraphs, once captured
 
@@ -138,7 +140,8 @@ class ModelRunner:
             logits = self.graphs.run(batch)
         else:
             input_ids, positions, meta, logits_indices = self.prepare(batch)
-            logits = self.model(input_ids, positions, self.kv_caches, meta, logits_indices)
+            logits = self.model(input_ids, positions, self.kv_caches, meta, logits_indices,
+                                fused=self.use_fused_kernels)
         if not sampling:
             return [], SamplerOutput([], [])
         params = SamplingBatch([s.seq.params for s in sampling], [len(s.seq.output_token_ids) for s in sampling])

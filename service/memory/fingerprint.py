@@ -31,6 +31,8 @@ def fingerprint_fields(config: EngineConfig, model_identity: dict, dtype: torch.
         "max_num_batched_tokens": config.max_num_batched_tokens,
         "block_size": config.block_size,
         "cuda_graphs": None if (config.enforce_eager or device.type != "cuda") else config.cuda_graph_sizes,
+        # Fewer intermediate tensors: a smaller activation peak and graph pool.
+        "fused_kernels": config.fused_kernels and device.type == "cuda",
         "device": device_identity(device),
         "total_bytes": total_bytes,
         "torch": torch.__version__,

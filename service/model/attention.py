@@ -63,6 +63,11 @@ def padded_sdpa(q, k_cache, v_cache, group: GroupMetadata, scale: float) -> torc
 
 def paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    return attend_cached(q, k_cache, v_cache, meta, scale)
+
+
+def attend_cached(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Attention of q over the cache, which already holds the new tokens' K/V."""
     nd = meta.num_decode_tokens
     if nd == q.shape[0] and meta.decode_group is None:
         # The pure-decode fast path (and the only one inside CUDA graphs).

@@ -2,16 +2,35 @@
 
 Parameter names follow Hugging Face's, except that q/k/v and gate/up are fused into one matrix each
 (`qkv_proj`, `gate_up_proj`), which the loader concatenates. Attention goes through the paged KV cache
-described by an explicit `AttentionMetadata`."""
+described by an explicit `AttentionMetadata`. The residual stream is carried beside each layer's output, as
+vLLM does, so that the add and the next RMSNorm can be one kernel (`forward(..., fused=True)`)."""
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.model.attention import AttentionMetadata, paged_attention
+from service.model.attention import AttentionMetadata, attend_cached, paged_attention
 from service.model.config import ModelConfig
+
+
+@functools.cache
+def kernels():
+    """service.kernels with the fused elementwise modules loaded, on first use: the PyTorch path never imports
+    Triton, and a step does not pay an import statement for each layer."""
+    import service.kernels.activation
+    import service.kernels.rms_norm
+    import service.kernels.rotary
+
+    return service.kernels
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -21,9 +40,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor | None,
+                    fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + x), residual + x): the residual stream takes x in, and the norm reads it. With no
+        residual yet (the first layer) x starts the stream. fused: one Triton kernel, residual updated in place."""
+        if fused:
+            return kernels().rms_norm.fused_add_rms_norm(x, residual, self.weight, self.eps)
+        residual = x if residual is None else x + residual
+        return self(residual), residual
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -46,6 +72,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -60,16 +90,22 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata):
+    def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata, fused: bool):
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
+        if fused:
+            rotary = kernels().rotary
+            norm = rotary.HeadNorm(self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else None
+            # q rotated in place in the projection's output; k rotated into the cache, v copied beside it.
+            rotary.rotary_(q, k, cos, sin, norm, rotary.CacheWrite(v, kv_cache[0], kv_cache[1], meta.slot_mapping))
+            out = attend_cached(q, kv_cache[0], kv_cache[1], meta, self.scale)
+        else:
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
         return self.o_proj(out.view(-1, self.q_size))
 
 
@@ -79,8 +115,11 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+    def forward(self, x, fused: bool):
+        gate_up = self.gate_up_proj(x)
+        if fused:
+            return self.down_proj(kernels().activation.silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -92,9 +131,13 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, kv_cache, meta):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, kv_cache, meta, fused: bool):
+        """x: the previous layer's MLP output, not yet added to the residual stream (the embeddings, with
+        residual None, for the first layer). Returns this layer's MLP output and the stream before it."""
+        h, residual = self.input_layernorm.add_forward(x, residual, fused)
+        h = self.self_attn(h, cos, sin, kv_cache, meta, fused)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual, fused)
+        return self.mlp(h, fused), residual
 
 
 class Backbone(nn.Module):
@@ -124,14 +167,16 @@ class LlamaForCausalLM(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.rope_cos, self.rope_sin = emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata, logits_indices=None):
+    def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata, logits_indices=None, fused=False):
         """input_ids and positions: [num_tokens]. Returns float32 logits for the rows in logits_indices
-        (all rows when None)."""
+        (all rows when None). fused: Triton kernels for the residual add + RMSNorm, rotary (with qk_norm and
+        the KV-cache write) and SiLU x mul instead of the PyTorch code (service/kernels/: rms_norm.py,
+        rotary.py, activation.py); they need CUDA or Triton's interpreter."""
         cos = self.rope_cos[positions].unsqueeze(1)
         sin = self.rope_sin[positions].unsqueeze(1)
-        x = self.model.embed_tokens(input_ids)
+        x, residual = self.model.embed_tokens(input_ids), None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
-            x = layer(x, cos, sin, kv_cache, meta)
+            x, residual = layer(x, residual, cos, sin, kv_cache, meta, fused)
         if logits_indices is not None:
-            x = x[logits_indices]
-        return self.lm_head(self.model.norm(x)).float()
+            x, residual = x[logits_indices], residual[logits_indices]
+        return self.lm_head(self.model.norm.add_forward(x, residual, fused)[0]).float()
