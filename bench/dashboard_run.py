@@ -73,6 +73,11 @@ class Boot:
     load: Load = field(default_factory=Load)
 
 
+def scrape_timeout(interval: float) -> float:
+    """A server busy with a full batch may answer a scrape late; a scrape late past the next is still kept."""
+    return max(5.0, 2 * interval)
+
+
 class ScrapeLog:
     """scrapes.jsonl, one record a line, shared by the scrapers. A write that fails (a full disk) may leave
     part of its line behind: the next record then starts on a line of its own, and only that part is lost."""
@@ -120,7 +125,7 @@ class Scraper(threading.Thread):
         while self.proc.poll() is None:
             t = time.time()
             try:
-                with urllib.request.urlopen(url, timeout=max(1.0, self.interval)) as r:
+                with urllib.request.urlopen(url, timeout=scrape_timeout(self.interval)) as r:
                     text = r.read().decode()
             except (OSError, http.client.HTTPException, UnicodeDecodeError):  # not up yet, or cut off by its exit
                 self.boot.scrape_failures += 1
@@ -132,7 +137,7 @@ class Scraper(threading.Thread):
                         self.scraped.notify_all()
                 else:
                     self.boot.scrape_failures += 1
-            next_at += self.interval
+            next_at = max(next_at + self.interval, time.monotonic())  # after a late scrape: no burst to catch up
             time.sleep(max(0.0, next_at - time.monotonic()))
 
 
@@ -238,7 +243,7 @@ def run_boot(args, name: str, load_seconds: float, work: Path, scrapes: ScrapeLo
             boot.failure = str(e)
         finally:
             stop(boot, proc)
-            scraper.join(timeout=args.scrape_interval + 5)
+            scraper.join(timeout=scrape_timeout(args.scrape_interval) + 5)
     boot.skipped_profiling = SKIPPED_PROFILING in Path(boot.log).read_text(errors="replace")
     print(f"{name} boot: {boot.failure or asdict(boot.load)}, exit {boot.exit_code} after {boot.stopped_s:.1f} s",
           flush=True)
