@@ -15,6 +15,7 @@ serve-cold.log, serve-warm.log, the plan file the cold boot wrote, and summary.j
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import random
@@ -68,16 +69,49 @@ class Boot:
     failure: str | None = None  # why it never served, when it did not
     skipped_profiling: bool = False
     scrapes: int = 0
-    scrape_failures: int = 0  # before its metrics port listened, mostly
+    scrape_failures: int = 0  # before its metrics port listened, mostly; or not saved (scrape_write_errors)
     load: Load = field(default_factory=Load)
 
 
-class Scraper(threading.Thread):
-    """GETs /metrics every `interval` seconds until the process exits, appending each page to `out`."""
+def scrape_timeout(interval: float) -> float:
+    """A server busy with a full batch may answer a scrape late; a scrape late past the next is still kept."""
+    return max(5.0, 2 * interval)
 
-    def __init__(self, boot: Boot, proc: subprocess.Popen, interval: float, out, lock: threading.Lock):
+
+class ScrapeLog:
+    """scrapes.jsonl, one record a line, shared by the scrapers. A write that fails (a full disk) may leave
+    part of its line behind: the next record then starts on a line of its own, and only that part is lost."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "wb", buffering=0)
+        self.lock = threading.Lock()
+        self.broken = False
+        self.write_errors = 0
+
+    def append(self, record: dict) -> bool:
+        data = memoryview((json.dumps(record) + "\n").encode())
+        with self.lock:
+            try:
+                if self.broken:
+                    self.file.write(b"\n")
+                while data:
+                    data = data[self.file.write(data):]
+                self.broken = False
+                return True
+            except OSError:
+                self.broken, self.write_errors = True, self.write_errors + 1
+                return False
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Scraper(threading.Thread):
+    """GETs /metrics every `interval` seconds until the process exits, appending each page to `log`."""
+
+    def __init__(self, boot: Boot, proc: subprocess.Popen, interval: float, log: ScrapeLog):
         super().__init__(daemon=True)
-        self.boot, self.proc, self.interval, self.out, self.lock = boot, proc, interval, out, lock
+        self.boot, self.proc, self.interval, self.log = boot, proc, interval, log
         self.scraped = threading.Condition()
         self.last_t = 0.0  # when the latest saved scrape began
 
@@ -91,19 +125,19 @@ class Scraper(threading.Thread):
         while self.proc.poll() is None:
             t = time.time()
             try:
-                with urllib.request.urlopen(url, timeout=max(1.0, self.interval)) as r:
+                with urllib.request.urlopen(url, timeout=scrape_timeout(self.interval)) as r:
                     text = r.read().decode()
-            except OSError:
+            except (OSError, http.client.HTTPException, UnicodeDecodeError):  # not up yet, or cut off by its exit
                 self.boot.scrape_failures += 1
             else:
-                with self.lock:
-                    self.out.write(json.dumps({"t": t, "boot": self.boot.name, "text": text}) + "\n")
-                    self.out.flush()
-                self.boot.scrapes += 1
-                with self.scraped:
-                    self.last_t = t
-                    self.scraped.notify_all()
-            next_at += self.interval
+                if self.log.append({"t": t, "boot": self.boot.name, "text": text}):
+                    self.boot.scrapes += 1
+                    with self.scraped:
+                        self.last_t = t
+                        self.scraped.notify_all()
+                else:
+                    self.boot.scrape_failures += 1
+            next_at = max(next_at + self.interval, time.monotonic())  # after a late scrape: no burst to catch up
             time.sleep(max(0.0, next_at - time.monotonic()))
 
 
@@ -188,7 +222,7 @@ def stop(boot: Boot, proc: subprocess.Popen) -> None:
     boot.stopped_s = time.monotonic() - t
 
 
-def run_boot(args, name: str, load_seconds: float, work: Path, scrapes, lock, rng) -> Boot:
+def run_boot(args, name: str, load_seconds: float, work: Path, scrapes: ScrapeLog, rng) -> Boot:
     grpc_port, metrics_port = free_port(), free_port()
     boot = Boot(name, server_command(args, name, grpc_port, metrics_port, work), grpc_port, metrics_port,
                 str(args.out_dir / f"serve-{name}.log"))
@@ -196,7 +230,7 @@ def run_boot(args, name: str, load_seconds: float, work: Path, scrapes, lock, rn
     with open(boot.log, "wb") as log:
         boot.started_at = time.time()
         proc = subprocess.Popen(boot.command, cwd=ROOT, env=server_env(work), stdout=log, stderr=subprocess.STDOUT)
-        scraper = Scraper(boot, proc, args.scrape_interval, scrapes, lock)
+        scraper = Scraper(boot, proc, args.scrape_interval, scrapes)
         scraper.start()
         try:
             wait_ready(boot, proc, args.boot_timeout)
@@ -209,7 +243,7 @@ def run_boot(args, name: str, load_seconds: float, work: Path, scrapes, lock, rn
             boot.failure = str(e)
         finally:
             stop(boot, proc)
-            scraper.join(timeout=args.scrape_interval + 5)
+            scraper.join(timeout=scrape_timeout(args.scrape_interval) + 5)
     boot.skipped_profiling = SKIPPED_PROFILING in Path(boot.log).read_text(errors="replace")
     print(f"{name} boot: {boot.failure or asdict(boot.load)}, exit {boot.exit_code} after {boot.stopped_s:.1f} s",
           flush=True)
@@ -254,17 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="kvmemo-dashboard-"))
-    rng, lock, began = random.Random(args.seed), threading.Lock(), time.time()
+    rng, began = random.Random(args.seed), time.time()
     boots = []
+    scrapes = ScrapeLog(args.out_dir / "scrapes.jsonl")
     try:
-        with open(args.out_dir / "scrapes.jsonl", "w") as scrapes:
-            boots.append(run_boot(args, "cold", args.load_seconds, work, scrapes, lock, rng))
-            if boots[0].failure is None:
-                boots.append(run_boot(args, "warm", args.warm_load_seconds, work, scrapes, lock, rng))
+        boots.append(run_boot(args, "cold", args.load_seconds, work, scrapes, rng))
+        if boots[0].failure is None:
+            boots.append(run_boot(args, "warm", args.warm_load_seconds, work, scrapes, rng))
         plans = sorted((work / "plans").glob("*.json"))
         for plan in plans:
             shutil.copy(plan, args.out_dir / f"plan-{plan.name}")
     finally:
+        scrapes.close()
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     problems = [f"{b.name} boot: {b.failure}" for b in boots if b.failure]
@@ -274,12 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(boots) == 2 and not boots[1].skipped_profiling:
         problems.append(f'the warm restart did not log "{SKIPPED_PROFILING}" (it profiled again)')
     problems += [f"{b.name} load: {n} x {error}" for b in boots for error, n in b.load.errors.items()]
+    if scrapes.write_errors:
+        problems.append(f"{scrapes.write_errors} scrapes could not be written to scrapes.jsonl (disk full?)")
     summary = {**environment(), "benchmark": "dashboard_run", "model": args.model, "device_flag": args.device,
                "began_at": began, "ended_at": time.time(), "wall_s": time.time() - began,
                "scrape_interval_s": args.scrape_interval, "settings": {k: str(v) for k, v in vars(args).items()},
                "plans": [f"plan-{p.name}" for p in plans], "boots": [asdict(b) for b in boots],
                "requests_done": sum(b.load.requests_done for b in boots),
-               "errors": sum(sum(b.load.errors.values()) for b in boots), "problems": problems}
+               "errors": sum(sum(b.load.errors.values()) for b in boots), "scrape_write_errors": scrapes.write_errors,
+               "problems": problems}
     write_json(args.out_dir / "summary.json", summary)
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)

@@ -35,6 +35,7 @@ class Scrapes:
     openmetrics: str
     boots: dict[str, tuple[float, float]]  # boot name -> (first scrape, last scrape), wall-clock seconds
     largest_gap_s: float  # between two scrapes of one boot
+    unreadable_lines: int  # part of a line a failed write left (bench/dashboard_run.py's ScrapeLog)
 
     @property
     def start(self) -> float:
@@ -66,8 +67,13 @@ def read_scrapes(directory: Path) -> Scrapes:
     types); the pod and namespace labels stand in for what a ServiceMonitor adds."""
     lines: dict[str, list[str]] = {}
     times: dict[str, list[float]] = {}
+    unreadable = 0
     for row in (directory / "scrapes.jsonl").read_text().splitlines():
-        page = json.loads(row)
+        try:
+            page = json.loads(row)
+        except json.JSONDecodeError:
+            unreadable += 1
+            continue
         times.setdefault(page["boot"], []).append(page["t"])
         extra = {"namespace": NAMESPACE, "pod": pod_of(page["boot"]), "job": "kvmemo"}
         for family in text_string_to_metric_families(page["text"]):
@@ -78,7 +84,8 @@ def read_scrapes(directory: Path) -> Scrapes:
         raise ValueError(f"{directory / 'scrapes.jsonl'} holds no scrapes")
     text = "".join(f"# TYPE {name} unknown\n" + "\n".join(samples) + "\n" for name, samples in lines.items())
     gaps = [b - a for ts in times.values() for a, b in zip(ts, ts[1:])]
-    return Scrapes(text + "# EOF\n", {boot: (min(ts), max(ts)) for boot, ts in times.items()}, max(gaps, default=1.0))
+    return Scrapes(text + "# EOF\n", {boot: (min(ts), max(ts)) for boot, ts in times.items()}, max(gaps, default=1.0),
+                   unreadable)
 
 
 @contextlib.contextmanager

@@ -102,7 +102,8 @@ def draw_timeseries(ax, panel, base, variables, start, end, marks):
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     else:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_xlim(start - end, 0)  # the whole time range, as Grafana draws it
+    if marks:  # over scrapes: the whole run on every graph, so that the two boots' panels line up
+        ax.set_xlim(start - end, 0)
     ax.set_xlabel("seconds ago")
     ax.set_ylabel(unit)
 
@@ -171,6 +172,8 @@ def render_scrapes(directory: Path, out: Path, variables: dict[str, str], promet
     from backfill import pod_of, prometheus_over, read_scrapes  # the tests' process helpers: only for --scrapes
 
     scrapes = read_scrapes(directory)
+    if scrapes.unreadable_lines:
+        print(f"{directory / 'scrapes.jsonl'}: {scrapes.unreadable_lines} unreadable lines skipped", file=sys.stderr)
     summary_file = directory / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     boots = sorted(scrapes.boots, key=lambda b: scrapes.boots[b][0])

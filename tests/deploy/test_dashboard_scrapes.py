@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,19 @@ def test_render_panels_draws_from_the_scrapes(run_dir, prometheus_bin, promtool,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_write_costs_that_scrape_only(tmp_path):
+    """/dev/full fails every write as a full disk does; the reader skips what such a write left behind."""
+    from bench.dashboard_run import ScrapeLog
+
+    log = ScrapeLog(Path("/dev/full"))
+    assert not log.append({"t": 1.0, "boot": "cold", "text": "up 1\n"}) and log.write_errors == 1
+    log.close()
+    page = "# TYPE kvmemo_requests_running gauge\nkvmemo_requests_running{model_name=\"tiny\"} 3.0\n"
+    good = [json.dumps({"t": 100.0 + i, "boot": "cold", "text": page}) for i in range(2)]
+    (tmp_path / "scrapes.jsonl").write_text(good[0] + "\n" + good[1][:40] + "\n" + good[1] + "\n")
+    scrapes = load_backfill().read_scrapes(tmp_path)
+    assert scrapes.unreadable_lines == 1 and scrapes.boots == {"cold": (100.0, 101.0)}
+    assert scrapes.openmetrics.count('kvmemo_requests_running{job="kvmemo",model_name="tiny",namespace="kvmemo",'
+                                     'pod="kvmemo-cold"} 3.0') == 2
