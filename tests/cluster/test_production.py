@@ -80,10 +80,16 @@ def second(kube_cluster, kvmemo_images, tmp_path_factory):
         kube_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
+def _as_pod_account(cluster, namespace: str, *args: str):
+    """A server-side dry run (admission runs, nothing is written) of a write as the namespace's pod ServiceAccount."""
+    return cluster.kubectl(f"--as=system:serviceaccount:{namespace}:{RELEASE}", "-n", namespace, *args,
+                           "--dry-run=server", check=False)
+
+
 def _denied_by_the_policy(cluster, namespace: str, *args: str) -> str:
-    """Runs a kubectl write as the namespace's pod ServiceAccount; expects the admission policy to deny it."""
-    answer = cluster.kubectl(f"--as=system:serviceaccount:{namespace}:{RELEASE}", "-n", namespace, *args, check=False)
-    assert answer.returncode != 0, f"the pod ServiceAccount was allowed: kubectl {' '.join(args)}\n{answer.stdout}"
+    """The policy's message; waits only for a policy the apiserver has not loaded yet."""
+    answer = wait_for(lambda: (lambda a: a if a.returncode != 0 else None)(_as_pod_account(cluster, namespace, *args)),
+                      f"the admission policy denying kubectl {' '.join(args)}", timeout=120)
     assert f"ValidatingAdmissionPolicy '{POLICY}'" in answer.stderr, answer.stderr
     return answer.stderr
 
@@ -113,8 +119,8 @@ def test_1_a_second_namespace_installs_with_defaults_and_keeps_its_guard(kube_cl
                                    "kv-cache-plan.000000000000=x")
     assert "may change only kvmemo.io/report.* and kvmemo.io/oom.* annotations" in stderr
     # The denials are the policy's, not RBAC's: the same account may write what a pod writes.
-    kube_cluster.kubectl(f"--as=system:serviceaccount:{second}:{RELEASE}", "-n", second, "annotate", "--dry-run=server",
-                         "configmap", RELEASE, "kvmemo.io/report.000000000000=x")
+    allowed = _as_pod_account(kube_cluster, second, "annotate", "configmap", RELEASE, "kvmemo.io/report.000000000000=x")
+    assert allowed.returncode == 0, allowed.stderr
     say(TERMINAL, f"cluster: second namespace's release installed and Ready in {installed_in:.0f} s "
                   f"(its pod Ready {seconds_to_ready(server):.0f} s after its start, profiled)")
 
