@@ -132,7 +132,9 @@ def test_1_a_second_namespace_installs_with_defaults_and_keeps_its_guard(kube_cl
 
 def test_2_an_upgrade_keeps_the_plans_and_rolled_pods_boot_from_them(kube_cluster, second, tmp_path):
     (first,) = ready_pods(kube_cluster, second, SERVER, 1)
-    fp12 = fingerprint(log(kube_cluster, second, first))
+    first_log = log(kube_cluster, second, first)
+    assert "profiling memory" in first_log, first_log[-3000:]  # a new namespace's ConfigMap holds no plan yet
+    fp12 = fingerprint(first_log)
     before = wait_for(lambda: (lambda p: p if fp12 in p else None)(plans(kube_cluster, second)),
                       f"the controller's plan for {fp12}")
 
