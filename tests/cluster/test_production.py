@@ -75,7 +75,7 @@ def _forget_a_kept_policy(cluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def second(kube_cluster, kvmemo_images, tmp_path_factory):
+def second(kube_cluster, kvmemo_images):
     """The namespace of the release that tests 2-4 use; the first namespace lives only in test 1."""
     _forget_a_kept_policy(kube_cluster)
     for namespace in (FIRST, SECOND):
