@@ -2,12 +2,14 @@
 to become Ready, and waiting for conditions the API shows."""
 
 import json
+import subprocess
 import urllib.request
 from datetime import datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.k8s import kube
+from tests.tools import helm as helm_binary
 
 SERVER = "app.kubernetes.io/component=server"
 CONTROLLER = "app.kubernetes.io/component=controller"
@@ -68,3 +70,52 @@ def plans(cluster, namespace: str) -> dict[str, dict]:
 def fingerprint(pod_log: str) -> str:
     """The fp12 a pod logged at boot ("fingerprint <fp12> (...)")."""
     return pod_log.split("fingerprint ", 1)[1].split()[0]
+
+
+def helm(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(helm_binary()), f"--kubeconfig={cluster.kubeconfig}", *args],
+                            capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def image_values(images) -> list[str]:
+    """`--set`s that point the chart at the images imported into the cluster, never pulled."""
+    values = []
+    for prefix, ref in (("image", images.service.ref), ("controller.image", images.controller.ref)):
+        repository, tag = ref.rsplit(":", 1)
+        values += ["--set", f"{prefix}.repository={repository}", "--set", f"{prefix}.tag={tag}",
+                   "--set", f"{prefix}.pullPolicy=Never"]
+    return values
+
+
+def create_namespace(cluster, name: str) -> None:
+    """A namespace that enforces the restricted Pod Security Standard, with its default ServiceAccount."""
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=120s")
+
+
+def follow_log(cluster, namespace: str, pod_name: str) -> subprocess.Popen:
+    """`kubectl logs -f`: the pod's log as it is written (read it with log_until, kill it when done)."""
+    return subprocess.Popen(["kubectl", f"--kubeconfig={cluster.kubeconfig}", "logs", "-f", "-n", namespace,
+                             pod_name], stdout=subprocess.PIPE, text=True)
+
+
+def log_until(follow: subprocess.Popen, text: str) -> list[str]:
+    """The followed log's lines up to and including the first that contains `text`."""
+    lines = []
+    for line in follow.stdout:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"the pod's log ended before {text!r}:\n" + "".join(lines[-30:]))
+
+
+def restart_count(pod: dict) -> int:
+    return sum(s.get("restartCount", 0) for s in pod.get("status", {}).get("containerStatuses", []))
+
+
+def pod(cluster, namespace: str, name: str) -> dict:
+    return json.loads(cluster.kubectl("get", "pod", name, "-n", namespace, "-o", "json").stdout)
