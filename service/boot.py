@@ -119,19 +119,16 @@ def build_engine(config: EngineConfig, plans: Plans | None = None) -> tuple[LLME
         lookup = plans.lookup(fp, config.kv_cache_policy)
         decision = planner.decide(config, runner, baseline, loaded.free_after_weights, loaded.weights, fp, lookup)
     report.plan_source, report.plan_reason, report.record = decision.source, decision.reason, decision.record
+    layout = runner.layout
+    kv_bytes, capped_because = planner.kv_allocation(decision, layout, runner.device.type)
     if decision.source != "profile":
-        log.info("skipped profiling: KV cache of %s from %s", format_bytes(decision.kv_cache_memory_bytes),
-                 decision.reason)
+        log.info(planner.skipped_profiling_line(decision, kv_bytes, capped_because))
+    elif capped_because:
+        log.info("KV cache capped at %s: %s", format_bytes(kv_bytes), capped_because)
 
     with timed(report, "allocate_kv"):
         if runner.device.type == "cuda":
             torch.cuda.empty_cache()  # what profiling cached would otherwise sit beside the KV cache
-        layout = runner.layout
-        kv_bytes = decision.kv_cache_memory_bytes
-        ceiling, why = planner.kv_ceiling(layout, runner.device.type if decision.source != "flag" else "flag")
-        if kv_bytes > ceiling:
-            kv_bytes = ceiling
-            log.info("KV cache capped at %s: %s", format_bytes(kv_bytes), why)
         num_blocks = layout.num_blocks_for(kv_bytes)
         runner.allocate_kv_cache(num_blocks)
         engine = LLMEngine(config, runner)

@@ -44,12 +44,36 @@ def safety_bytes(config: EngineConfig, device_type: str) -> int:
 CPU_KV_CACHE_BYTES = 4 << 30
 
 
+def sequences_ceiling(layout: KVLayout) -> tuple[int, str]:
+    """What max_num_seqs sequences of max_model_len can use, and that as the reason."""
+    return layout.useful_bytes, (f"max_num_seqs={layout.max_num_seqs} sequences of max_model_len="
+                                 f"{layout.max_model_len} can use no more")
+
+
 def kv_ceiling(layout: KVLayout, device_type: str) -> tuple[int, str]:
     """The most KV cache a boot allocates from a plan or a profile (the flag may ask for more on CPU), and why."""
     if device_type == "cpu" and CPU_KV_CACHE_BYTES < layout.useful_bytes:
         return CPU_KV_CACHE_BYTES, "the CPU default; set --kv-cache-memory-bytes for more"
-    return layout.useful_bytes, (f"max_num_seqs={layout.max_num_seqs} sequences of max_model_len="
-                                 f"{layout.max_model_len} can use no more")
+    return sequences_ceiling(layout)
+
+
+def kv_allocation(decision: KVDecision, layout: KVLayout, device_type: str) -> tuple[int, str | None]:
+    """The KV cache this boot allocates for `decision`, and why that is less than the decision's size (None
+    when it is not): a plan or a profile is capped at kv_ceiling, the flag only at what the sequences can use."""
+    ceiling, why = sequences_ceiling(layout) if decision.source == "flag" else kv_ceiling(layout, device_type)
+    if decision.kv_cache_memory_bytes <= ceiling:
+        return decision.kv_cache_memory_bytes, None
+    return ceiling, why
+
+
+def skipped_profiling_line(decision: KVDecision, kv_bytes: int, capped_because: str | None) -> str:
+    """What a boot that did not profile logs: the KV cache it allocates, where its size came from, and, when
+    the cap lowered it, the size the plan holds (or the flag asks for)."""
+    line = f"skipped profiling: KV cache of {format_bytes(kv_bytes)} from {decision.reason}"
+    if capped_because:
+        stored = "the flag asks for" if decision.source == "flag" else f"the {decision.source} plan holds"
+        line += f"; {stored} {format_bytes(decision.kv_cache_memory_bytes)}, capped: {capped_because}"
+    return line
 
 
 def kv_cap(layout: KVLayout, device_type: str) -> KVCap:

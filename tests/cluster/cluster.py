@@ -215,8 +215,7 @@ def _start(cluster: Cluster, images: list[ImageArchive], timeout: float) -> None
 
     pause = pause_image()
     cluster._spawn("containerd", ["containerd", "--config", str(containerd.write_config(workdir, subnets, pause.ref))])
-    cluster._wait(lambda: subprocess.run(["ctr", "--address", str(containerd.socket(workdir)), "version"],
-                                         capture_output=True).returncode == 0, "containerd answering", 60)
+    cluster._wait(containerd.ctr(workdir).answers, "containerd answering", 60)
     cluster.import_images([pause, *images])
 
     kubeconfig = cluster.component_kubeconfig("kube-controller-manager", "system:kube-controller-manager")

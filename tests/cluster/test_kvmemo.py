@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import yaml
+from kubernetes.utils import parse_quantity
 
 from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
 from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc
@@ -27,7 +28,12 @@ CHART = REPO / "deploy" / "helm" / "kvmemo"
 RELEASE = "kvmemo"
 GRPC_PORT, METRICS_PORT, CONTROLLER_PORT = 50051, 8000, 8081
 # The node has 2 CPUs: the chart's default request of one CPU per pod would leave the scaled-out pods Pending.
-SMALL = ("--set", "resources.requests.cpu=100m", "--set", "resources.requests.memory=512Mi")
+# The default model's 8,192-token context times 64 sequences would give each pod the CPU default's 4 GiB of
+# KV cache, more than this machine holds for the four or five pods the tests run at once: the release's pods
+# keep 16 sequences of 256 tokens (189 MB). Test 7 runs the chart's defaults, and measures them.
+SMALL = ("--set", "resources.requests.cpu=100m", "--set", "resources.requests.memory=1536Mi",
+         "--set", "serving.maxModelLen=256", "--set", "serving.maxNumSeqs=16")
+QUESTION, PROMPT = "What is the capital of France?", "The capital of France is"  # SmolLM2 answers "Paris"
 # While this file exists in a pod, its engine steps wait (service/faults.py): test 5 holds a stream in flight
 # across the pod's deletion however fast the machine generates, then lets it finish.
 STEP_HOLD = "/tmp/kvmemo-step-hold"
@@ -70,6 +76,21 @@ def _service_address(cluster, namespace: str) -> str:
     return f"{ip}:{GRPC_PORT}"
 
 
+def _memory(cluster, namespace: str, pod: dict) -> tuple[int, int, str]:
+    """A server pod's resident memory and limit (bytes), and a line saying them with its KV cache and the
+    peak its memory cgroup saw (the profiling boot's peak, where it profiled)."""
+    def metric(name: str) -> int:
+        return int(sum(value for _, value in samples(pod, METRICS_PORT, name)))
+    rss, kv = metric("process_resident_memory_bytes"), metric("kvmemo_kv_cache_memory_bytes")
+    limit = int(parse_quantity(pod["spec"]["containers"][0]["resources"]["limits"]["memory"]))
+    peak = cluster.kubectl("exec", "-n", namespace, pod["metadata"]["name"], "--", "cat",
+                           "/sys/fs/cgroup/memory/memory.max_usage_in_bytes", check=False).stdout.strip()
+    gib = lambda n: f"{n / (1 << 30):.2f} GiB"  # noqa: E731
+    line = (f"RSS {gib(rss)}, KV cache {gib(kv)}, cgroup peak {gib(int(peak)) if peak.isdigit() else 'unread'}, "
+            f"limit {gib(limit)}")
+    return rss, limit, line
+
+
 def test_1_helm_install_both_deployments_ready_through_grpc_probes(kube_cluster, kvmemo_images, release):
     _helm(kube_cluster, "install", RELEASE, str(CHART), "-n", release, *_image_values(kvmemo_images), *SMALL, *FAULTS,
           "--wait", "--timeout=15m")
@@ -96,8 +117,10 @@ def test_2_replacement_pod_boots_from_the_plan(kube_cluster, release):
     assert "skipped profiling" in second_log, second_log[-3000:]
     plan_info = samples(second, METRICS_PORT, "kvmemo_kv_cache_plan_info")
     assert any(labels["source"] == "configmap" and value == 1 for labels, value in plan_info), plan_info
+    (skipped,) = [line for line in second_log.splitlines() if "skipped profiling" in line]
     say(TERMINAL, f"cluster: first pod Ready {seconds_to_ready(first):.0f} s after its start (profiled), "
-                  f"its replacement {seconds_to_ready(second):.0f} s (from the plan)")
+                  f"its replacement {seconds_to_ready(second):.0f} s (from the plan; {_memory(kube_cluster, release, second)[2]}):"
+                  f"\n  {skipped}")
 
 
 def test_3_scaled_out_pods_boot_from_the_plan(kube_cluster, release):
@@ -107,32 +130,36 @@ def test_3_scaled_out_pods_boot_from_the_plan(kube_cluster, release):
 
 
 def test_4_clients_get_text_through_the_service(kube_cluster, release):
+    """The chart's default model, greedy: every client gets SmolLM2's answer, which names Paris."""
     address = _service_address(kube_cluster, release)
     kvmemo = kvmemo_command()
-    generated = subprocess.run([*kvmemo, "generate", "--server", address, "--max-tokens", "8", "Hello"],
-                               capture_output=True, text=True, timeout=120)
-    assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr
-    chat = subprocess.run([*kvmemo, "chat", "--server", address, "--max-tokens", "8", "Say hi"],
+    chat = subprocess.run([*kvmemo, "chat", "--server", address, "--temperature", "0", "--max-tokens", "24", QUESTION],
                           capture_output=True, text=True, timeout=120)
-    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+    assert chat.returncode == 0 and "Paris" in chat.stdout, (chat.stdout, chat.stderr)
+    generated = subprocess.run([*kvmemo, "generate", "--server", address, "--temperature", "0", "--max-tokens", "8",
+                                PROMPT], capture_output=True, text=True, timeout=120)
+    assert generated.returncode == 0 and "Paris" in generated.stdout, (generated.stdout, generated.stderr)
 
-    body = json.dumps({"text": "Hello", "max_tokens": 4, "sampling": {"temperature": 0}})
-    curl = subprocess.run([str(grpcurl()), "-plaintext", "-d", body, address, "kvmemo.v1.KvmemoService/Generate"],
+    body = json.dumps({"text": PROMPT, "max_tokens": 8, "sampling": {"temperature": 0}})
+    curl = subprocess.run([str(grpcurl()), "-plaintext", "-d", body, address, "kvmemo.v1.KvmemoService/Complete"],
                           capture_output=True, text=True, timeout=120)
-    assert curl.returncode == 0 and "finish_reason" in curl.stdout, curl.stderr
+    assert curl.returncode == 0, curl.stderr
+    assert "Paris" in json.loads(curl.stdout)["text"], curl.stdout
 
     client = triton.InferenceServerClient(address)
     model = yaml.safe_load((CHART / "values.yaml").read_text())["model"]["name"]
     assert client.is_model_ready(model)
     inputs = []
-    for name, datatype, value in (("text_input", "BYTES", b"Hello"), ("stream", "BOOL", False),
-                                  ("sampling_parameters", "BYTES", json.dumps({"max_tokens": 4}).encode())):
+    sampling = json.dumps({"max_tokens": 8, "temperature": 0}).encode()
+    for name, datatype, value in (("text_input", "BYTES", PROMPT.encode()), ("stream", "BOOL", False),
+                                  ("sampling_parameters", "BYTES", sampling)):
         tensor = triton.InferInput(name, [1], datatype)
         tensor.set_data_from_numpy(np.array([value], dtype=object if datatype == "BYTES" else bool))
         inputs.append(tensor)
     (text,) = client.infer(model, inputs).as_numpy("text_output")
-    assert text.startswith(b"Hello") and len(text) > len(b"Hello")
+    assert text.startswith(PROMPT.encode()) and b"Paris" in text[len(PROMPT):], text
     client.close()
+    say(TERMINAL, f"cluster: kvmemo chat {QUESTION!r} through the Service: {chat.stdout.strip()!r}")
 
 
 def _exit_codes(cluster, namespace: str, name: str, found: list, stop: threading.Event) -> None:
@@ -230,6 +257,11 @@ def _full_name(image: str) -> str:
 
 
 def test_7_plain_manifests_give_the_same_result(kube_cluster, kvmemo_images, release):
+    """The base is the chart with its default values (tests/deploy compares their objects): here its pod serves
+    the default model with the default settings, profiles, fits its memory limit, and gets its plan. The
+    release's pods have settings of their own (SMALL), so this pod's fingerprint is a new one."""
+    kube_cluster.kubectl("scale", f"deployment/{RELEASE}", "-n", release, "--replicas=1")  # memory for this pod
+    ready_pods(kube_cluster, release, SERVER, 1)
     chart_plans = plans(kube_cluster, release)
     rendered = yaml.safe_load_all(kube_cluster.kubectl("kustomize", str(REPO / "deploy" / "manifests" / "base")).stdout)
     for doc in rendered:
@@ -247,10 +279,17 @@ def test_7_plain_manifests_give_the_same_result(kube_cluster, kvmemo_images, rel
             kube_cluster.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace, "--timeout=15m")
         (server,) = ready_pods(kube_cluster, namespace, SERVER, 1)
         ready_pods(kube_cluster, namespace, CONTROLLER, 2)
-        fp12 = fingerprint(log(kube_cluster, namespace, server))
-        assert fp12 in chart_plans, (fp12, list(chart_plans))  # the chart's defaults, the same memory fingerprint
+        server_log = log(kube_cluster, namespace, server)
+        fp12 = fingerprint(server_log)
+        boot_line = server_log.split(f"fingerprint {fp12} ", 1)[1].splitlines()[0]
+        assert "smollm2-135m-instruct" in boot_line and "max_model_len=8192" in boot_line, boot_line
+        assert "profiling memory" in server_log and fp12 not in chart_plans, (fp12, list(chart_plans))
         plan = wait_for(lambda: plans(kube_cluster, namespace).get(fp12), "the plan in the manifests' ConfigMap")
         assert plan["kv_cache_memory_bytes"] > 0
+        rss, limit, memory = _memory(kube_cluster, namespace, server)
+        assert rss < limit, memory
+        say(TERMINAL, f"cluster: the defaults' pod (the base) Ready {seconds_to_ready(server):.0f} s after its start "
+                      f"(profiled), {memory}; its plan {plan['kv_cache_memory_bytes'] / (1 << 30):.2f} GiB")
     finally:
         kube_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 

@@ -192,7 +192,7 @@ def test_defaults_for_a_cpu_pod(helm):
     assert container["livenessProbe"]["grpc"] == {"port": 50051}
     assert server["containers"][0]["name"] == "kvmemo"
     template = by_kind_name(objs)[("Deployment", "kvmemo")]["spec"]["template"]
-    assert template["metadata"]["labels"]["kvmemo.io/model"] == "tiny"
+    assert template["metadata"]["labels"]["kvmemo.io/model"] == "smollm2-135m-instruct"
     assert by_kind_name(objs)[("ConfigMap", "kvmemo")]["metadata"]["annotations"] == {
         "helm.sh/resource-policy": "keep"}
     env_with_limit = server_container(helm_template(helm, "--set", "resources.limits.cpu=3"))["env"]

@@ -13,6 +13,7 @@ from service.boot import build_engine
 from service.config import EngineConfig
 from service.engine.sampling_params import SamplingParams
 from service.errors import ConfigError
+from service.memory.memory_profile import format_bytes
 from service.plans.file import FilePlans
 from service.server.state import Limits, ServerState
 
@@ -33,6 +34,11 @@ def test_second_boot_skips_profiling_and_says_so(tmp_path, caplog):
     assert "--kv-cache-memory-bytes=" in caplog.text  # the log line a person can act on
     warm = boot(tmp_path, caplog)
     assert warm.plan_source == "file" and "skipped profiling" in caplog.text
+    # The line names what this boot allocates (4 sequences of 256 tokens), then the larger size the plan holds.
+    allocated = format_bytes(warm.kv_cache_memory_bytes)
+    assert f"skipped profiling: KV cache of {allocated} from stored file plan" in caplog.text
+    assert "plan holds" in caplog.text and "capped: max_num_seqs=4 sequences of max_model_len=256" in caplog.text
+    assert "KV cache capped at" not in caplog.text  # said once, on the skip line
     assert warm.fingerprint == cold.fingerprint
     assert warm.phase_seconds["profile"] < 0.05 < cold.phase_seconds["profile"]
     assert warm.kv_cache_memory_bytes == cold.kv_cache_memory_bytes

@@ -126,7 +126,30 @@ def test_the_cpu_kv_cache_defaults_to_a_ceiling_and_the_advice_says_why():
                       max_num_seqs=64, num_layers=30, num_kv_heads=3, head_dim=64, dtype=torch.float32)
     assert layout.useful_bytes > CPU_KV_CACHE_BYTES
     assert kv_ceiling(layout, "cpu") == (CPU_KV_CACHE_BYTES, "the CPU default; set --kv-cache-memory-bytes for more")
-    assert kv_ceiling(layout, "cuda")[0] == kv_ceiling(layout, "flag")[0] == layout.useful_bytes
+    assert kv_ceiling(layout, "cuda")[0] == layout.useful_bytes
     r = record()
     line = log_line(r, CPU_KV_CACHE_BYTES, kv_cap(layout, "cpu"))
     assert f"--kv-cache-memory-bytes={CPU_KV_CACHE_BYTES} (capped: the CPU default" in line
+
+
+def test_a_boot_allocates_the_capped_size_and_its_skip_line_says_so():
+    """A plan or a profile is capped at the CPU default; the flag only at what the sequences can use."""
+    import torch
+
+    from service.engine.kv_layout import KVLayout
+    from service.memory.planner import CPU_KV_CACHE_BYTES, KVDecision, kv_allocation, skipped_profiling_line
+
+    layout = KVLayout(block_size=16, bytes_per_block=16 * 46080, max_blocks_per_seq=512, max_model_len=8192,
+                      max_num_seqs=64, num_layers=30, num_kv_heads=3, head_dim=64, dtype=torch.float32)
+    plan = KVDecision(7 << 30, "configmap", None, "stored configmap plan for fingerprint 16cd16460dfc")
+    assert kv_allocation(plan, layout, "cuda") == (7 << 30, None)
+    kv, why = kv_allocation(plan, layout, "cpu")
+    assert (kv, why) == (CPU_KV_CACHE_BYTES, "the CPU default; set --kv-cache-memory-bytes for more")
+    assert skipped_profiling_line(plan, kv, why) == (
+        "skipped profiling: KV cache of 4.00 GiB from stored configmap plan for fingerprint 16cd16460dfc; the "
+        "configmap plan holds 7.00 GiB, capped: the CPU default; set --kv-cache-memory-bytes for more")
+    flag = KVDecision(30 << 30, "flag", None, "set by --kv-cache-memory-bytes")
+    kv, why = kv_allocation(flag, layout, "cpu")
+    assert kv == layout.useful_bytes > CPU_KV_CACHE_BYTES
+    assert why == "max_num_seqs=64 sequences of max_model_len=8192 can use no more"
+    assert kv_allocation(KVDecision(5 << 30, "flag", None, ""), layout, "cpu") == (5 << 30, None)
