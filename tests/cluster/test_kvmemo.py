@@ -17,12 +17,12 @@ from kubernetes.utils import parse_quantity
 from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
 from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc
 from tests.cluster import containerd
-from tests.cluster.workloads import (CONTROLLER, SERVER, fingerprint, log, plans, pods, ready_pods, samples,
-                                     seconds_to_ready, wait_for)
+from tests.cluster.workloads import (CONTROLLER, SERVER, fingerprint, helm, image_values, log, log_until, plans,
+                                     pods, ready_pods, samples, seconds_to_ready, wait_for)
 from tests.k8s.kube import REPO
 from tests.progress import TERMINAL, say
 from tests.server.conftest import kvmemo_command
-from tests.tools import grpcurl, helm
+from tests.tools import grpcurl
 
 CHART = REPO / "deploy" / "helm" / "kvmemo"
 RELEASE = "kvmemo"
@@ -40,18 +40,6 @@ STEP_HOLD = "/tmp/kvmemo-step-hold"
 FAULTS = ("--set", "env[0].name=KVMEMO_FAULTS", "--set", f"env[0].value=step_hold={STEP_HOLD}")
 
 
-def _image_values(images) -> list[str]:
-    """Local images the kubelet must not try to pull; a controller image of its own where the chart has one."""
-    def ref_values(prefix: str, ref: str) -> list[str]:
-        repository, tag = ref.rsplit(":", 1)
-        return ["--set", f"{prefix}.repository={repository}", "--set", f"{prefix}.tag={tag}",
-                "--set", f"{prefix}.pullPolicy=Never"]
-    values = ref_values("image", images.service.ref)
-    if "image" in (yaml.safe_load((CHART / "values.yaml").read_text()).get("controller") or {}):
-        values += ref_values("controller.image", images.controller.ref)
-    return values
-
-
 @pytest.fixture(scope="module")
 def release(kube_cluster, kvmemo_images):
     namespace = "kvmemo-chart"
@@ -59,16 +47,8 @@ def release(kube_cluster, kvmemo_images):
     kube_cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     kube_cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=120s")
     yield namespace
-    _helm(kube_cluster, "uninstall", RELEASE, "-n", namespace, "--wait", "--timeout=5m", check=False)
+    helm(kube_cluster, "uninstall", RELEASE, "-n", namespace, "--wait", "--timeout=5m", check=False)
     kube_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def _helm(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(helm()), f"--kubeconfig={cluster.kubeconfig}", *args],
-                            capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
 
 
 def _service_address(cluster, namespace: str) -> str:
@@ -92,7 +72,7 @@ def _memory(cluster, namespace: str, pod: dict) -> tuple[int, int, str]:
 
 
 def test_1_helm_install_both_deployments_ready_through_grpc_probes(kube_cluster, kvmemo_images, release):
-    _helm(kube_cluster, "install", RELEASE, str(CHART), "-n", release, *_image_values(kvmemo_images), *SMALL, *FAULTS,
+    helm(kube_cluster, "install", RELEASE, str(CHART), "-n", release, *image_values(kvmemo_images), *SMALL, *FAULTS,
           "--wait", "--timeout=15m")
     for deployment in (RELEASE, f"{RELEASE}-controller"):
         kube_cluster.kubectl("rollout", "status", f"deployment/{deployment}", "-n", release, "--timeout=15m")
@@ -184,15 +164,6 @@ def _exit_codes(cluster, namespace: str, name: str, found: list, stop: threading
     proc.kill()
 
 
-def _log_until(follow: subprocess.Popen, text: str) -> list[str]:
-    lines = []
-    for line in follow.stdout:
-        lines.append(line)
-        if text in line:
-            return lines
-    raise AssertionError(f"the pod's log ended before {text!r}:\n" + "".join(lines[-30:]))
-
-
 def test_5_delete_during_a_stream_drains_it_and_exits_0(kube_cluster, release):
     victim = ready_pods(kube_cluster, release, SERVER, 3)[0]
     name = victim["metadata"]["name"]
@@ -206,9 +177,9 @@ def test_5_delete_during_a_stream_drains_it_and_exits_0(kube_cluster, release):
     kube_cluster.kubectl("exec", "-n", release, name, "--", "touch", STEP_HOLD)
     with grpc.insecure_channel(f"{victim['status']['podIP']}:{GRPC_PORT}") as channel:
         stream = pb_grpc.KvmemoServiceStub(channel).Generate(request, timeout=300)
-        pod_log = _log_until(follow, "engine step held")  # the pod's log as it is written
+        pod_log = log_until(follow, "engine step held")  # the pod's log as it is written
         kube_cluster.kubectl("delete", "pod", "-n", release, name, "--wait=false")
-        pod_log += _log_until(follow, "draining:")  # SIGTERM comes after the preStop sleep
+        pod_log += log_until(follow, "draining:")  # SIGTERM comes after the preStop sleep
         assert "1 requests in flight" in pod_log[-1], "".join(pod_log[-30:])
         kube_cluster.kubectl("exec", "-n", release, name, "--", "rm", STEP_HOLD)
         tokens = 0
@@ -297,7 +268,7 @@ def test_7_plain_manifests_give_the_same_result(kube_cluster, kvmemo_images, rel
 def test_8_a_settings_change_gets_a_new_fingerprint_and_profiles(kube_cluster, release):
     """After test 6's failover: the new report becomes a plan, written by the new leader alone."""
     (old_fp12,) = plans(kube_cluster, release)
-    _helm(kube_cluster, "upgrade", RELEASE, str(CHART), "-n", release, "--reuse-values",
+    helm(kube_cluster, "upgrade", RELEASE, str(CHART), "-n", release, "--reuse-values",
           "--set", "serving.maxNumSeqs=32", "--wait", "--timeout=15m")
     kube_cluster.kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", release, "--timeout=15m")
     (pod,) = ready_pods(kube_cluster, release, SERVER, 1)
