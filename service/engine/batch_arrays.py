@@ -36,6 +36,8 @@ class BatchArrays:
 def padded_block_tables(tables: list[list[int]], lens: np.ndarray) -> np.ndarray:
     """Rows of `tables`, NULL_BLOCK padded to the longest, in one numpy assignment."""
     width = int(lens.max(initial=0))
+    if len(tables) and width == int(lens.min()):  # one conversion when every table has the same length
+        return np.array(tables, dtype=np.int32).reshape(len(tables), width)
     out = np.full((len(tables), width), NULL_BLOCK, dtype=np.int32)
     flat = np.fromiter(chain.from_iterable(tables), dtype=np.int32, count=int(lens.sum()))
     out[np.arange(width)[None, :] < lens[:, None]] = flat  # row-major, so each row's blocks in order
@@ -45,6 +47,8 @@ def padded_block_tables(tables: list[list[int]], lens: np.ndarray) -> np.ndarray
 def token_offsets(q_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every packed token: the index of its sequence, and its offset among that sequence's new tokens."""
     ends = np.cumsum(q_lens)
+    if len(ends) and ends[-1] == len(q_lens):  # pure decode: one token a sequence
+        return np.arange(len(q_lens)), np.zeros(len(q_lens), dtype=np.int64)
     seq_of = np.repeat(np.arange(len(q_lens)), q_lens)
     return seq_of, np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - q_lens, q_lens)
 

@@ -153,8 +153,11 @@ class ModelRunner:
         packed index of each sampling sequence's last token."""
         arrays = batch_arrays(batch, self.layout.block_size)
         dev = self.device
-        is_decode = arrays.q_lens == 1
-        decodes, prefills = np.flatnonzero(is_decode), np.flatnonzero(~is_decode)
+        if len(arrays.input_ids) == len(batch):  # pure decode
+            decodes, prefills = np.arange(len(batch)), np.arange(0)
+        else:
+            is_decode = arrays.q_lens == 1
+            decodes, prefills = np.flatnonzero(is_decode), np.flatnonzero(~is_decode)
         meta = AttentionMetadata(slot_mapping=torch.from_numpy(arrays.slot_mapping).to(dev, non_blocking=True),
                                  num_decode_tokens=len(decodes))
         if len(decodes):
