@@ -19,13 +19,14 @@ class ByteTokenizer:
         self.vocab_size = vocab_size
         self.bos_token_id = bos_token_id
         self.eos_token_ids = eos_token_ids
+        self._special = frozenset({bos_token_id, *eos_token_ids})
 
     def encode(self, text: str) -> list[int]:
         ids = list(text.encode("utf-8"))
         return ([self.bos_token_id] if self.bos_token_id is not None else []) + ids
 
     def decode(self, ids: list[int]) -> str:
-        special = {self.bos_token_id, *self.eos_token_ids}
+        special = self._special
         return bytes(i % 256 for i in ids if i not in special).decode("utf-8", errors="replace")
 
 

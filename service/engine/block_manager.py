@@ -32,6 +32,8 @@ class BlockManager:
 
     def allocate(self, seq: Sequence, num_tokens: int) -> None:
         needed = self.blocks_needed(seq, num_tokens)
+        if not needed:  # most decode steps
+            return
         if needed > len(self.free_blocks):
             raise RuntimeError(f"{needed} blocks needed, {len(self.free_blocks)} free")
         seq.block_table.extend(self.free_blocks.popleft() for _ in range(needed))

@@ -3,9 +3,9 @@ memory pool; a batch replays the smallest graph that fits it, with padded rows w
 Every graph copies its logits into one shared output buffer, so the pool holds one batch's temporaries
 rather than every size's logits (about 1.2 GB for 20 sizes of a 128K vocabulary)."""
 
-import numpy as np
 import torch
 
+from service.engine.batch_arrays import batch_arrays
 from service.engine.block_manager import NULL_BLOCK
 from service.engine.scheduler import ScheduledSeq
 from service.model.attention import AttentionMetadata
@@ -53,21 +53,14 @@ class DecodeGraphs:
         n = len(batch)
         bs = next(s for s in self.sizes if s >= n)
         block_size = self.runner.layout.block_size
-        width = max(len(s.seq.block_table) for s in batch)
-        tables = np.full((n, width), NULL_BLOCK, dtype=np.int32)
-        ids, positions, slots = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
-        for i, s in enumerate(batch):
-            seq, pos = s.seq, s.seq.num_computed_tokens
-            tables[i, : len(seq.block_table)] = seq.block_table
-            ids[i] = seq.token_ids(pos, pos + 1)[0]
-            positions[i] = pos
-            slots[i] = seq.block_table[pos // block_size] * block_size + pos % block_size
+        arrays = batch_arrays(batch, block_size)
+        width = arrays.block_tables.shape[1]
         dev = self.runner.device
-        self.input_ids[:n].copy_(torch.from_numpy(ids), non_blocking=True)
-        self.positions[:n].copy_(torch.from_numpy(positions), non_blocking=True)
-        self.slot_mapping[:n].copy_(torch.from_numpy(slots), non_blocking=True)
-        self.context_lens[:n].copy_(torch.from_numpy(positions + 1), non_blocking=True)
-        self.block_tables[:n, :width].copy_(torch.from_numpy(tables).to(dev), non_blocking=True)
+        self.input_ids[:n].copy_(torch.from_numpy(arrays.input_ids), non_blocking=True)
+        self.positions[:n].copy_(torch.from_numpy(arrays.positions), non_blocking=True)
+        self.slot_mapping[:n].copy_(torch.from_numpy(arrays.slot_mapping), non_blocking=True)
+        self.context_lens[:n].copy_(torch.from_numpy(arrays.positions + 1), non_blocking=True)
+        self.block_tables[:n, :width].copy_(torch.from_numpy(arrays.block_tables).to(dev), non_blocking=True)
         if bs > n:  # padded rows: one token of context, K/V written into the null block
             self.slot_mapping[n:bs].fill_(NULL_BLOCK * block_size)
             self.context_lens[n:bs].fill_(1)

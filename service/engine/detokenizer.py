@@ -44,6 +44,9 @@ class Detokenizer:
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
             self.text += new_text[len(prefix_text) :]
             self.prefix_offset, self.read_offset = self.read_offset, len(output_ids)
+        if not self.stop:  # nothing to hold back or look for
+            self.fed = len(self.text)
+            return self._release(len(self.text)), False
         stop_at = self._feed()
         if stop_at is not None:
             self.text = self.text[:stop_at]

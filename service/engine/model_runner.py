@@ -9,7 +9,8 @@ import torch
 
 from service.config import EngineConfig
 from service.errors import ConfigError
-from service.engine.block_manager import NULL_BLOCK, BlockManager
+from service.engine.batch_arrays import BatchArrays, batch_arrays, token_offsets
+from service.engine.block_manager import BlockManager
 from service.engine.kv_layout import KVLayout
 from service.engine.sampler import SamplerOutput, SamplingBatch, sample
 from service.engine.sampling_params import SamplingParams
@@ -148,70 +149,53 @@ class ModelRunner:
         return sampling, sample(logits, params)
 
     def prepare(self, batch: list[ScheduledSeq]):
-        input_ids, positions, slots, logits_indices = [], [], [], []
-        bs = self.layout.block_size
-        for s in batch:
-            start, end = s.seq.num_computed_tokens, s.seq.num_computed_tokens + s.num_new_tokens
-            input_ids += s.seq.token_ids(start, end)
-            pos = np.arange(start, end)
-            table = np.asarray(s.seq.block_table, dtype=np.int64)
-            positions.append(pos)
-            slots.append(table[pos // bs] * bs + pos % bs)
-            if s.samples:
-                logits_indices.append(len(input_ids) - 1)
+        """The batch (decodes first) as device tensors: input ids, positions, attention metadata, and the
+        packed index of each sampling sequence's last token."""
+        arrays = batch_arrays(batch, self.layout.block_size)
         dev = self.device
-        decodes = [s for s in batch if s.num_new_tokens == 1]
-        prefills = [s for s in batch if s.num_new_tokens > 1]
-        meta = AttentionMetadata(
-            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(dev, non_blocking=True),
-            num_decode_tokens=len(decodes),
-        )
-        if decodes:
+        if len(arrays.input_ids) == len(batch):  # pure decode
+            decodes, prefills = np.arange(len(batch)), np.arange(0)
+        else:
+            is_decode = arrays.q_lens == 1
+            decodes, prefills = np.flatnonzero(is_decode), np.flatnonzero(~is_decode)
+        meta = AttentionMetadata(slot_mapping=torch.from_numpy(arrays.slot_mapping).to(dev, non_blocking=True),
+                                 num_decode_tokens=len(decodes))
+        if len(decodes):
             if self.use_triton:
-                meta.decode_block_tables = self.block_table_tensor(decodes)
-                meta.decode_context_lens = torch.tensor([s.seq.num_computed_tokens + 1 for s in decodes],
-                                                        dtype=torch.int32, device=dev)
+                meta.decode_block_tables = self.to_device(arrays.tables(decodes))
+                meta.decode_context_lens = self.to_device((arrays.starts[decodes] + 1).astype(np.int32))
             else:
-                meta.decode_group = self.group_metadata(decodes)
-        if prefills and self.use_triton:
-            q_lens = np.array([s.num_new_tokens for s in prefills], dtype=np.int32)
-            context_lens = np.array([s.seq.num_computed_tokens for s in prefills], dtype=np.int32) + q_lens
-            meta.prefill_block_tables = self.block_table_tensor(prefills)
-            meta.prefill_query_start_loc = torch.from_numpy(np.concatenate([[0], np.cumsum(q_lens, dtype=np.int32)])
-                                                            ).to(dev, non_blocking=True)
-            meta.prefill_context_lens = torch.from_numpy(context_lens).to(dev, non_blocking=True)
+                meta.decode_group = self.group_metadata(arrays, decodes)
+        if len(prefills) and self.use_triton:
+            q_lens = arrays.q_lens[prefills].astype(np.int32)
+            context_lens = arrays.starts[prefills].astype(np.int32) + q_lens
+            meta.prefill_block_tables = self.to_device(arrays.tables(prefills))
+            meta.prefill_query_start_loc = self.to_device(np.concatenate([[0], np.cumsum(q_lens, dtype=np.int32)]))
+            meta.prefill_context_lens = self.to_device(context_lens)
             meta.prefill_max_q_len = int(q_lens.max())
-        elif prefills:
-            meta.prefill_group = self.group_metadata(prefills)
-        return (
-            torch.tensor(input_ids, dtype=torch.int64, device=dev),
-            torch.from_numpy(np.concatenate(positions)).to(dev, non_blocking=True),
-            meta,
-            torch.tensor(logits_indices, dtype=torch.int64, device=dev),
-        )
+        elif len(prefills):
+            meta.prefill_group = self.group_metadata(arrays, prefills)
+        return (self.to_device(arrays.input_ids), self.to_device(arrays.positions), meta,
+                self.to_device(arrays.logits_indices))
 
-    def block_table_tensor(self, batch: list[ScheduledSeq], width: int | None = None) -> torch.Tensor:
-        width = width or max(len(s.seq.block_table) for s in batch)
-        table = np.full((len(batch), width), NULL_BLOCK, dtype=np.int32)
-        for i, s in enumerate(batch):
-            row = s.seq.block_table[:width]
-            table[i, : len(row)] = row
-        return torch.from_numpy(table).to(self.device, non_blocking=True)
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device, non_blocking=True)
 
-    def group_metadata(self, batch: list[ScheduledSeq]) -> GroupMetadata:
-        q_lens = np.array([s.num_new_tokens for s in batch])
-        starts = np.array([s.seq.num_computed_tokens for s in batch])
+    def group_metadata(self, arrays: BatchArrays, rows: np.ndarray) -> GroupMetadata:
+        """The padded SDPA batch of `rows` of the batch (the reference attention path)."""
+        q_lens, starts = arrays.q_lens[rows], arrays.starts[rows]
         k_lens = starts + q_lens
         max_q, max_k = int(q_lens.max()), int(k_lens.max())
-        q_index = np.concatenate([i * max_q + np.arange(n) for i, n in enumerate(q_lens)])
+        seq_of, offsets = token_offsets(q_lens)
+        q_index = seq_of * max_q + offsets
         # Query row r of sequence i sits at absolute position starts[i] + r and sees keys 0..that position.
         q_pos = starts[:, None] + np.arange(max_q)[None, :]
         mask = np.arange(max_k)[None, None, :] <= q_pos[:, :, None]
         mask[:, :, 0] = True  # padded query rows see one key, so their (discarded) softmax is finite
         return GroupMetadata(
-            block_tables=self.block_table_tensor(batch, -(-max_k // self.layout.block_size)),
-            q_index=torch.from_numpy(q_index).to(self.device, non_blocking=True),
-            mask=torch.from_numpy(mask[:, None]).to(self.device, non_blocking=True),
+            block_tables=self.to_device(arrays.tables(rows, -(-max_k // self.layout.block_size))),
+            q_index=self.to_device(q_index),
+            mask=self.to_device(mask[:, None]),
             max_q_len=max_q,
             max_k_len=max_k,
         )

@@ -74,9 +74,18 @@ def _apply_top_k_top_p_min_p(logits, top_k, top_p, min_p):
     return torch.empty_like(logits).scatter_(1, sorted_idx, sorted_logits)
 
 
+def _all_greedy(params: list[SamplingParams]) -> bool:
+    try:
+        return all(p.greedy for p in params)
+    except (TypeError, ValueError, OverflowError):  # rows_of reports such a row as failed
+        return False
+
+
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     """logits: [rows, vocab] float32, one row per sampling sequence."""
     device = logits.device
+    if _all_greedy(batch.params):  # the common case, without building a Row per request
+        return _with_logprobs(logits, logits.argmax(dim=-1), batch.params, {})
     rows, failed = rows_of(batch.params, logits.shape[-1])
     if all(r.greedy for r in rows):  # no softmax or noise over the vocabulary
         return _with_logprobs(logits, logits.argmax(dim=-1), batch.params, failed)
