@@ -94,11 +94,11 @@ def soak(engine, seconds: float, seed: int = 0) -> dict:
                 in_flight.discard(out.request_id)
                 completed += 1
         steps += 1
-        peak_used = max(peak_used, used_bytes(device))
+        used = used_bytes(device)
+        peak_used = max(peak_used, used)
         if device.type == "cuda":
-            peak_reserved = max(peak_reserved, torch.cuda.memory_reserved(device))
-            free, total = torch.cuda.mem_get_info(device)
-            peak_non_torch = max(peak_non_torch, total - free - torch.cuda.memory_reserved(device))
+            reserved = torch.cuda.memory_reserved(device)
+            peak_reserved, peak_non_torch = max(peak_reserved, reserved), max(peak_non_torch, used - reserved)
     after = memory_state(device)
     for rid in list(in_flight):
         engine.abort(rid)
