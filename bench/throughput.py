@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import environment, measure_copy_bandwidth_gb_s, write_json  # noqa: E402
+from bench.step_breakdown import decode_breakdown, measure_matmul_tflops, prefill_throughput  # noqa: E402
 from service.boot import build_engine  # noqa: E402
 from service.config import EngineConfig  # noqa: E402
 from service.engine.sampling_params import SamplingParams  # noqa: E402
@@ -92,6 +93,8 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="shrink the workloads (CPU smoke runs)")
     ap.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction, default=False,
                     help="fused residual add + RMSNorm, rotary + KV write and SiLU x mul kernels (CUDA only)")
+    ap.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
+                    help="profile decode steps at batch 1 and 256 and time prefill alone")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -123,8 +126,16 @@ def main() -> None:
         row["peer_output_tokens_per_s"] = peers[name].get("output_tokens_per_s")
         rows.append(row)
         print(json.dumps(row, indent=1), flush=True)
+    extra = {}
+    if args.breakdown:
+        prompt = max(1, int(512 * args.scale))
+        extra["decode_breakdown"] = [decode_breakdown(engine, batch, prompt)
+                                     for batch in (1, max(1, int(256 * args.scale)))]
+        extra["prefill"] = prefill_throughput(engine, max(1, int(256 * args.scale)), prompt)
+        extra["matmul_peak_tflop_s"] = measure_matmul_tflops()
+        print(json.dumps(extra, indent=1), flush=True)
     write_json(args.out, {"benchmark": "throughput", "boot_phase_seconds": boot.phase_seconds,
-                          "kv_cache_memory_bytes": boot.kv_cache_memory_bytes, "rows": rows})
+                          "kv_cache_memory_bytes": boot.kv_cache_memory_bytes, "rows": rows, **extra})
 
 
 if __name__ == "__main__":
