@@ -57,8 +57,8 @@ def install(engine, timer: StepTimer) -> None:
     runner = engine.runner
     engine.scheduler.schedule = timer.wrap("scheduler", engine.scheduler.schedule)
     runner.prepare = timer.wrap("prepare", runner.prepare)
-    runner.run = timer.wrap("run", runner.run)
-    model_runner.sample = timer.wrap("sampler", model_runner.sample)
+    runner.launch = timer.wrap("run", runner.launch)
+    model_runner.sample_on_device = timer.wrap("sampler", model_runner.sample_on_device)
     starts = {}
     runner.model.register_forward_pre_hook(lambda *_: starts.__setitem__("model", time.thread_time()))
     runner.model.register_forward_hook(

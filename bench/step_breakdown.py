@@ -3,6 +3,8 @@
 activation, adds, copies, index ops) and memory copies, and the host gap: the step's wall time that the GPU
 spends idle. bench/throughput.py calls these on the engine it benchmarks."""
 
+import cProfile
+import pstats
 import time
 
 import torch
@@ -59,7 +61,7 @@ def decode_breakdown(engine, batch: int, prompt_len: int, context_steps: int = 2
     context_steps), then `steps` unprofiled steps timed one by one and `steps` profiled steps."""
     gen = torch.Generator().manual_seed(seed)
     prompts = torch.randint(10, engine.model_config.vocab_size, (batch, prompt_len), generator=gen).tolist()
-    params = SamplingParams(max_tokens=context_steps + 2 * steps + 4, temperature=0, ignore_eos=True)
+    params = SamplingParams(max_tokens=context_steps + 3 * steps + 4, temperature=0, ignore_eos=True)
     for i, prompt in enumerate(prompts):
         engine.add_request(f"breakdown-{batch}-{i}", prompt, params)
     while not is_pure_decode(engine):
@@ -81,6 +83,12 @@ def decode_breakdown(engine, batch: int, prompt_len: int, context_steps: int = 2
         for _ in range(steps):
             engine.step()
         _sync()
+    host = cProfile.Profile()
+    host.enable()
+    for _ in range(steps):
+        engine.step()
+    _sync()
+    host.disable()
     while engine.has_unfinished():
         engine.step()
     kernels = [e for e in prof.profiler.kineto_results.events() if e.device_type() == DeviceType.CUDA]
@@ -103,7 +111,20 @@ def decode_breakdown(engine, batch: int, prompt_len: int, context_steps: int = 2
         "category_ms": {c: us / 1000 / steps for c, us in sorted(per_category.items())},
         "top_kernels_ms": [{"name": name[:120], "ms": us / 1000 / steps} for name, us in top],
         "cuda_graphs": engine.runner.graphs is not None,
+        "host_functions_ms": host_functions(host, steps),
     }
+
+
+def host_functions(host: cProfile.Profile, steps: int, limit: int = 25) -> list[dict]:
+    """The host's time per step in the functions that take most of it (cProfile's cumulative and own
+    time), the part of a step the GPU may wait for."""
+    stats = pstats.Stats(host)
+    rows = []
+    for (path, line, name), (_, calls, own, cumulative, _) in stats.stats.items():
+        rows.append({"function": f"{'/'.join(path.rsplit('/', 2)[-2:])}:{line}:{name}",
+                     "calls_per_step": calls / steps, "cumulative_ms": cumulative * 1000 / steps,
+                     "own_ms": own * 1000 / steps})
+    return sorted(rows, key=lambda r: -r["cumulative_ms"])[:limit]
 
 
 def measure_matmul_tflops(n: int = 8192, repeats: int = 20) -> float | None:

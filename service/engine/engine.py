@@ -56,6 +56,7 @@ class LLMEngine:
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, Detokenizer] = {}
         self.num_ooms = 0
+        self.pending: list[SampledToken] = []  # the last step's tokens, whose outputs the next step builds
 
     # --- requests -----------------------------------------------------------------------------------
     def validate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -94,7 +95,8 @@ class LLMEngine:
         return self._finished_output(seq, "")
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """Requests to run, or outputs of the last step not yet returned."""
+        return self.scheduler.has_unfinished() or bool(self.pending)
 
     def count_oom(self) -> None:
         """Every device OOM, in a step or in boot's warm-up, is counted here and only here; whoever serves the
@@ -108,24 +110,41 @@ class LLMEngine:
 
     # --- the loop -----------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """One step: the batch's model run and sampling are queued on the device, and while the GPU runs
+        them the host builds the previous step's outputs (detokenising, stop strings); then the step's
+        tokens are read back and accounted. So a step returns the previous step's outputs, and a step with
+        nothing to run returns the last ones."""
         batch = self.scheduler.schedule()
         if not batch:
-            return []
+            return self._take_outputs()
         try:
-            sampling, sampled = self.runner.run(batch)
+            sampling, on_device = self.runner.launch(batch)
         except torch.OutOfMemoryError as e:
-            return self._fail_batch(batch, e)
-        failed = [(sampling[i].seq, why) for i, why in sampled.failed.items()]
-        if failed:  # validation should have stopped these; they fail alone, their neighbours keep their tokens
-            keep = [i for i in range(len(sampling)) if i not in sampled.failed]
+            outputs = self._take_outputs()
+            return outputs + self._fail_batch([s for s in batch if not s.seq.finished], e)
+        outputs = self._take_outputs()
+        sampled = on_device.to_host() if on_device is not None else SamplerOutput([], [])
+        # A stop string that the previous step's text completed finished its sequence while this step ran:
+        # that sequence's new token is dropped.
+        still_running = [i for i, s in enumerate(sampling) if not s.seq.finished]
+        failed = [(sampling[i].seq, why) for i, why in sampled.failed.items() if not sampling[i].seq.finished]
+        keep = [i for i in still_running if i not in sampled.failed]
+        if len(keep) < len(sampling):
             sampling = [sampling[i] for i in keep]
             sampled = SamplerOutput([sampled.token_ids[i] for i in keep], [sampled.logprobs[i] for i in keep])
-        outputs = [self._output(t) for t in self.scheduler.update_from_output(batch, sampling, sampled)]
-        for seq, why in failed:
+        batch = [s for s in batch if not s.seq.finished]
+        self.pending = self.scheduler.update_from_output(batch, sampling, sampled)
+        for seq, why in failed:  # validation should have stopped these; they fail alone
             log.error("request %s failed in the sampler: %s", seq.request_id, why)
             self.scheduler.finish(seq, "error")
             outputs.append(self._finished_output(seq, "", error=f"internal error: {why}"))
         return outputs
+
+    def _take_outputs(self) -> list[RequestOutput]:
+        """The outputs of the tokens the last step sampled, for the requests still known (an abort in
+        between already answered its request)."""
+        pending, self.pending = self.pending, []
+        return [self._output(t) for t in pending if self.sequences.get(t.seq.request_id) is t.seq]
 
     def _output(self, t: SampledToken) -> RequestOutput:
         seq = t.seq

@@ -12,7 +12,7 @@ from service.errors import ConfigError
 from service.engine.batch_arrays import BatchArrays, batch_arrays, token_offsets
 from service.engine.block_manager import BlockManager
 from service.engine.kv_layout import KVLayout
-from service.engine.sampler import SamplerOutput, SamplingBatch, sample
+from service.engine.sampler import DeviceSample, SamplerOutput, SamplingBatch, sample, sample_on_device
 from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import ScheduledSeq
 from service.engine.sequence import Sequence
@@ -134,6 +134,13 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], SamplerOutput]:
         """Runs the model over the batch; returns the sequences that sample and one token for each, in order."""
+        sampling, on_device = self.launch(batch)
+        return sampling, on_device.to_host() if on_device is not None else SamplerOutput([], [])
+
+    @torch.inference_mode()
+    def launch(self, batch: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], DeviceSample | None]:
+        """Queues the model and the sampler over the batch without waiting for the GPU: returns the
+        sequences that sample, in order, and their tokens still on the device (None when none samples)."""
         batch = sorted(batch, key=lambda s: s.num_new_tokens > 1)  # decodes first, then prefills
         sampling = [s for s in batch if s.samples]
         is_decode_only = all(s.num_new_tokens == 1 for s in batch)
@@ -144,9 +151,9 @@ class ModelRunner:
             logits = self.model(input_ids, positions, self.kv_caches, meta, logits_indices,
                                 fused=self.use_fused_kernels)
         if not sampling:
-            return [], SamplerOutput([], [])
+            return [], None
         params = SamplingBatch([s.seq.params for s in sampling], [len(s.seq.output_token_ids) for s in sampling])
-        return sampling, sample(logits, params)
+        return sampling, sample_on_device(logits, params)
 
     def prepare(self, batch: list[ScheduledSeq]):
         """The batch (decodes first) as device tensors: input ids, positions, attention metadata, and the

@@ -81,14 +81,56 @@ def _all_greedy(params: list[SamplingParams]) -> bool:
         return False
 
 
+@dataclass(slots=True)
+class DeviceSample:
+    """A step's sampled ids, and the logprobs its requests asked for, while the GPU may still be computing
+    them: the kernels are queued, nothing has waited for them yet."""
+    sampled: torch.Tensor
+    params: list[SamplingParams]
+    failed: dict[int, str]
+    logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # chosen, top values, top ids
+
+    def to_host(self) -> SamplerOutput:
+        """The one host transfer of a step (it waits for the GPU)."""
+        rows = len(self.params)
+        if self.logprobs is None:
+            return SamplerOutput(self.sampled.tolist(), [None] * rows, self.failed)
+        ids = self.sampled.tolist()
+        chosen, top_values, top_ids = (t.tolist() for t in self.logprobs)
+        out = []
+        for i, p in enumerate(self.params):
+            if p.logprobs is None:
+                out.append(None)
+            else:
+                out.append([(ids[i], chosen[i])] + list(zip(top_ids[i][: p.logprobs], top_values[i][: p.logprobs])))
+        return SamplerOutput(ids, out, self.failed)
+
+
+def _device_sample(logits: torch.Tensor, sampled: torch.Tensor, params: list[SamplingParams],
+                   failed: dict[int, str]) -> DeviceSample:
+    """Queues the logprobs' kernels too, when any request asked for logprobs."""
+    if all(p.logprobs is None for p in params):
+        return DeviceSample(sampled, params, failed)
+    logprobs = logits.log_softmax(dim=-1)
+    top_n = max(p.logprobs for p in params if p.logprobs is not None)
+    top_values, top_ids = logprobs.topk(min(max(top_n, 1), logits.shape[-1]), dim=-1)
+    chosen = logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
+    return DeviceSample(sampled, params, failed, (chosen, top_values, top_ids))
+
+
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
     """logits: [rows, vocab] float32, one row per sampling sequence."""
+    return sample_on_device(logits, batch).to_host()
+
+
+def sample_on_device(logits: torch.Tensor, batch: SamplingBatch) -> DeviceSample:
+    """Queues the sampling kernels; DeviceSample.to_host() waits for them."""
     device = logits.device
     if _all_greedy(batch.params):  # the common case, without building a Row per request
-        return _with_logprobs(logits, logits.argmax(dim=-1), batch.params, {})
+        return _device_sample(logits, logits.argmax(dim=-1), batch.params, {})
     rows, failed = rows_of(batch.params, logits.shape[-1])
     if all(r.greedy for r in rows):  # no softmax or noise over the vocabulary
-        return _with_logprobs(logits, logits.argmax(dim=-1), batch.params, failed)
+        return _device_sample(logits, logits.argmax(dim=-1), batch.params, failed)
     greedy = torch.tensor([r.greedy for r in rows], device=device)
     temperature = torch.tensor([r.temperature for r in rows], device=device)
     scaled = logits / temperature.unsqueeze(1)
@@ -105,25 +147,4 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
             gen.manual_seed((r.seed * 1_000_003 + batch.output_lens[i]) % (2**63))
             noise[i].exponential_(generator=gen)
     sampled = torch.where(greedy, logits.argmax(dim=-1), (probs / noise).argmax(dim=-1))
-    return _with_logprobs(logits, sampled, batch.params, failed)
-
-
-def _with_logprobs(logits: torch.Tensor, sampled: torch.Tensor, params: list[SamplingParams],
-                   failed: dict[int, str]) -> SamplerOutput:
-    """The one host transfer of a step: sampled ids, and the requested logprobs with them."""
-    rows = len(params)
-    want_logprobs = [p.logprobs is not None for p in params]
-    if not any(want_logprobs):
-        return SamplerOutput(sampled.tolist(), [None] * rows, failed)
-    logprobs = logits.log_softmax(dim=-1)
-    top_n = max(p.logprobs for p in params if p.logprobs is not None)
-    top_values, top_ids = logprobs.topk(min(max(top_n, 1), logits.shape[-1]), dim=-1)
-    chosen = logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
-    ids, chosen, top_values, top_ids = sampled.tolist(), chosen.tolist(), top_values.tolist(), top_ids.tolist()
-    out = []
-    for i, p in enumerate(params):
-        if p.logprobs is None:
-            out.append(None)
-        else:
-            out.append([(ids[i], chosen[i])] + list(zip(top_ids[i][: p.logprobs], top_values[i][: p.logprobs])))
-    return SamplerOutput(ids, out, failed)
+    return _device_sample(logits, sampled, batch.params, failed)

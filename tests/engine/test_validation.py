@@ -35,7 +35,8 @@ def test_bad_request_names_field_and_limit_while_others_run(tiny_runner, prompt,
         engine.add_request("bad", prompt, params)
     assert err.value.field == field and fragment in str(err.value)
     tokens, _, reasons = run_to_completion(engine)
-    assert reasons == {"good": "length"} and len(first[0].new_token_ids + tokens["good"]) == 8
+    first_tokens = [t for o in first for t in o.new_token_ids]  # a step returns the previous step's outputs
+    assert reasons == {"good": "length"} and len(first_tokens + tokens["good"]) == 8
 
 
 def test_duplicate_request_id_is_rejected(tiny_runner):
@@ -96,12 +97,12 @@ def test_device_oom_in_a_step_fails_that_batch_and_the_engine_keeps_serving(tiny
 
     engine = make_engine(tiny_runner)
     engine.add_request("victim", [256, 1, 2], SamplingParams(max_tokens=4, ignore_eos=True))
-    real_run = engine.runner.run
-    monkeypatch.setattr(engine.runner, "run", lambda batch: (_ for _ in ()).throw(torch.OutOfMemoryError("boom")))
+    real_run = engine.runner.launch
+    monkeypatch.setattr(engine.runner, "launch", lambda batch: (_ for _ in ()).throw(torch.OutOfMemoryError("boom")))
     (out,) = engine.step()
     assert out.finished and out.finish_reason == "error" and out.error.startswith("resource exhausted")
     assert engine.num_ooms == 1 and engine.block_manager.num_free_blocks == engine.block_manager.num_usable_blocks
-    monkeypatch.setattr(engine.runner, "run", real_run)
+    monkeypatch.setattr(engine.runner, "launch", real_run)
     engine.add_request("next", [256, 3], SamplingParams(max_tokens=4, ignore_eos=True))
     tokens, _, reasons = run_to_completion(engine)
     assert reasons == {"next": "length"} and len(tokens["next"]) == 4
