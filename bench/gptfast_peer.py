@@ -172,7 +172,7 @@ def main() -> None:
         "peer": "gpt-fast", "commit": commit_of(args.peer_dir), "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
         "model": "tiny" if args.tiny_cpu_smoke else args.model, "model_args": vars(margs),
-        "compiled": args.compile, "prompt_tokens": prompt.numel(), "output_tokens": len(runs[-1][0]),
+        "compiled": args.compile, "max_seq_length": net.max_seq_length, "prompt_tokens": prompt.numel(), "output_tokens": len(runs[-1][0]),
         "samples": args.samples, "seconds": seconds, "compile_seconds": compile_seconds,
         # generate.py's main() reports the mean of its samples' tokens/s.
         "output_tokens_per_s": statistics.mean(tokens_per_s), "output_tokens_per_s_each": tokens_per_s,
