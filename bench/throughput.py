@@ -10,6 +10,7 @@ Workload A: 256 requests x 512 prompt / 256 output tokens. Workload B: batch 1, 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -85,7 +86,8 @@ def run_peer_script(script: str, args: list[str], timeout: int, label: str) -> d
         try:
             _, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended since
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             return {"error": f"{label} peer did not finish within {timeout} s"}
         if proc.returncode != 0:
