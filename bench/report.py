@@ -30,17 +30,24 @@ def fmt(x, digits=0, scale=1.0):
     return "n/a" if x is None else f"{x * scale:,.{digits}f}"
 
 
+def gpt_fast_cell(row: dict) -> str:
+    step = (row.get("gpt_fast_peer") or {}).get("decode_step_ms")
+    return fmt(row.get("gpt_fast_output_tokens_per_s")) + (f" ({fmt(step, 2)})" if step else "")
+
+
 def throughput() -> str:
     rows = []
     for name, data in load("throughput"):
         for r in data["rows"]:
             rows.append([r["device"], r["model"], r["workload"], f'{r["requests"]} × {r["prompt_tokens"]}/{r["output_tokens_each"]}',
                          fmt(r["output_tokens_per_s"]), fmt(r.get("peer_output_tokens_per_s")),
+                         gpt_fast_cell(r),
+                         fmt(r.get("vs_gpt_fast"), 2) + ("×" if r.get("vs_gpt_fast") else ""),
                          fmt(r["decode_step_ms"], 2), f'{fmt(r["achieved_gb_s"])} / {fmt(r["device_bandwidth_gb_s"])}',
                          fmt(r["peak_memory_bytes"], 1, 1 / (1 << 30)),
                          fmt(r.get("graph_speedup"), 2) + ("×" if r.get("graph_speedup") else ""), name])
     return table(["device", "model", "workload", "requests × prompt/output", "kvmemo tok/s",
-                  "transformers tok/s", "decode step ms", "achieved / copy GB/s", "peak GiB",
+                  "transformers tok/s", "gpt-fast tok/s (step ms)", "vs gpt-fast", "decode step ms", "achieved / copy GB/s", "peak GiB",
                   "CUDA graphs vs eager", "results"], rows)
 
 

@@ -1,15 +1,19 @@
-"""Offline throughput of the engine on seeded random prompts with ignore_eos, against Hugging Face
-transformers' continuous batching (`generate_batch`) on the same workloads, run in a subprocess of the same
-run so that the two never share the GPU.
+"""Offline throughput of the engine on seeded random prompts with ignore_eos, against its peers on the same
+workloads, each run in a subprocess of the same run before the engine starts, so that they never share the
+GPU: Hugging Face transformers' continuous batching (`generate_batch`, bench/hf_peer.py) on A and B, and
+gpt-fast (bench/gptfast_peer.py, from the git-ignored .peers/gpt-fast) on B.
 
-    PYTHONPATH=. python3 bench/throughput.py --model llama-3-8b --out bench/results/throughput.json
+    PYTHONPATH=. python3 bench/throughput.py --model llama-3-8b --peer both --out bench/results/throughput.json
 
 Workload A: 256 requests x 512 prompt / 256 output tokens. Workload B: batch 1, 128 prompt / 512 output.
 `--fused-kernels` runs the engine with the fused elementwise Triton kernels (EngineConfig.fused_kernels).
 """
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,25 +74,56 @@ def run_workload(engine, workload: dict) -> dict:
     }
 
 
-def run_peer(model: str, workload_name: str, timeout: int) -> dict:
+PEERS = ("transformers", "gpt-fast", "both", "none")
+
+
+def run_peer_script(script: str, args: list[str], timeout: int, label: str) -> dict:
+    """One peer's JSON, or {"error": ...}. The peer gets a session of its own, so that a timeout ends its
+    compile workers too."""
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        cmd = [sys.executable, str(Path(__file__).parent / "hf_peer.py"), "--model", model,
-               "--workload", workload_name, "--out", f.name]
+        cmd = [sys.executable, str(Path(__file__).parent / script), *args, "--out", f.name]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
+            _, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            return {"error": f"transformers peer did not finish within {timeout} s"}
+            with contextlib.suppress(ProcessLookupError):  # it may have ended since
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {"error": f"{label} peer did not finish within {timeout} s"}
         if proc.returncode != 0:
-            return {"error": proc.stderr[-2000:]}
+            return {"error": stderr[-2000:]}
         return json.loads(Path(f.name).read_text())
+
+
+def run_peer(model: str, workload_name: str, timeout: int) -> dict:
+    return run_peer_script("hf_peer.py", ["--model", model, "--workload", workload_name], timeout, "transformers")
+
+
+def run_gpt_fast(model: str, timeout: int, peer_dir: Path, extra: list[str] = ()) -> dict:
+    if not (peer_dir / "model.py").is_file():
+        return {"error": f"gpt-fast is not fetched into {peer_dir} (see bench/gptfast_peer.py)"}
+    return run_peer_script("gptfast_peer.py", ["--model", model, "--workload", "B", "--peer-dir", str(peer_dir),
+                                               *extra], timeout, "gpt-fast")
+
+
+def with_gpt_fast(row: dict, peer: dict) -> dict:
+    tokens_per_s = peer.get("output_tokens_per_s")
+    return dict(row, gpt_fast_peer=peer, gpt_fast_output_tokens_per_s=tokens_per_s,
+                vs_gpt_fast=row["output_tokens_per_s"] / tokens_per_s if tokens_per_s else None)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama-3-8b")
     ap.add_argument("--workloads", default="A,B")
-    ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--peer-timeout", type=int, default=240)
+    ap.add_argument("--peer", choices=PEERS, default="both",
+                    help="transformers on every workload, gpt-fast on B; `both` runs the two")
+    ap.add_argument("--no-peer", dest="peer", action="store_const", const="none", help="the same as --peer none")
+    ap.add_argument("--peer-timeout", type=int, default=240, help="seconds for the transformers peer, per workload")
+    ap.add_argument("--gpt-fast-timeout", type=int, default=360, help="seconds for the gpt-fast peer, compile included")
+    ap.add_argument("--gpt-fast-dir", type=Path, default=Path(__file__).resolve().parent.parent / ".peers" / "gpt-fast")
+    ap.add_argument("--gpt-fast-args", default="", help="extra arguments for bench/gptfast_peer.py (CPU smoke runs)")
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink the workloads (CPU smoke runs)")
     ap.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction, default=False,
@@ -100,10 +135,16 @@ def main() -> None:
 
     env = environment()
     names = args.workloads.split(",")
-    # The peer runs first, in its own process, so that the two never hold GPU memory at once.
-    peers = {n: run_peer(args.model, n, args.peer_timeout) if args.peer else {"error": "not run"} for n in names}
+    # The peers run first, each in its own process, so that a peer and the engine never hold GPU memory at once.
+    not_run = {"error": "not run"}
+    peers = {n: run_peer(args.model, n, args.peer_timeout) if args.peer in ("transformers", "both") else not_run
+             for n in names}
+    gpt_fast = not_run
+    if "B" in names and args.peer in ("gpt-fast", "both"):
+        gpt_fast = run_gpt_fast(args.model, args.gpt_fast_timeout, args.gpt_fast_dir, args.gpt_fast_args.split())
     for name, peer in peers.items():
-        print(name, "peer:", json.dumps(peer)[:1000], flush=True)
+        print(name, "transformers peer:", json.dumps(peer)[:1000], flush=True)
+    print("B gpt-fast peer:", json.dumps(gpt_fast)[:1000], flush=True)
     bandwidth = measure_copy_bandwidth_gb_s()
     config = EngineConfig(model=args.model, max_num_seqs=256, max_num_batched_tokens=args.max_num_batched_tokens,
                           max_model_len=1024, plan_store="none", fused_kernels=args.fused_kernels)
@@ -124,6 +165,8 @@ def main() -> None:
             row["graph_speedup"] = row["output_tokens_per_s"] / eager["output_tokens_per_s"]
         row["peer"] = peers[name]
         row["peer_output_tokens_per_s"] = peers[name].get("output_tokens_per_s")
+        if name == "B":
+            row = with_gpt_fast(row, gpt_fast)
         rows.append(row)
         print(json.dumps(row, indent=1), flush=True)
     extra = {}
