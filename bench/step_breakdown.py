@@ -61,7 +61,9 @@ def decode_breakdown(engine, batch: int, prompt_len: int, context_steps: int = 2
     context_steps), then `steps` unprofiled steps timed one by one and `steps` profiled steps."""
     gen = torch.Generator().manual_seed(seed)
     prompts = torch.randint(10, engine.model_config.vocab_size, (batch, prompt_len), generator=gen).tolist()
-    params = SamplingParams(max_tokens=context_steps + 3 * steps + 4, temperature=0, ignore_eos=True)
+    # The first prompts decode while the last ones prefill: room enough that none ends inside the windows.
+    prefill_steps = -(-batch * prompt_len // engine.config.max_num_batched_tokens)
+    params = SamplingParams(max_tokens=context_steps + 3 * steps + prefill_steps + 8, temperature=0, ignore_eos=True)
     for i, prompt in enumerate(prompts):
         engine.add_request(f"breakdown-{batch}-{i}", prompt, params)
     while not is_pure_decode(engine):
@@ -83,6 +85,7 @@ def decode_breakdown(engine, batch: int, prompt_len: int, context_steps: int = 2
         for _ in range(steps):
             engine.step()
         _sync()
+    running_after = len(engine.scheduler.running)
     host = cProfile.Profile()
     host.enable()
     for _ in range(steps):
@@ -103,7 +106,7 @@ def decode_breakdown(engine, batch: int, prompt_len: int, context_steps: int = 2
     gpu_busy_ms = busy_microseconds(intervals) / 1000 / steps if kernels else None
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
     return {
-        "batch": batch, "mean_context_tokens": context, "steps": steps,
+        "batch": batch, "running_after_windows": running_after, "mean_context_tokens": context, "steps": steps,
         "wall_step_ms": wall_ms,
         "gpu_busy_ms": gpu_busy_ms,
         "host_gap_ms": wall_ms - gpu_busy_ms if gpu_busy_ms is not None else None,
