@@ -6,7 +6,7 @@ gpt-fast (bench/gptfast_peer.py, from the git-ignored .peers/gpt-fast) on B.
     PYTHONPATH=. python3 bench/throughput.py --model llama-3-8b --peer both --out bench/results/throughput.json
 
 Workload A: 256 requests x 512 prompt / 256 output tokens. Workload B: batch 1, 128 prompt / 512 output.
-`--fused-kernels` runs the engine with the fused elementwise Triton kernels (EngineConfig.fused_kernels).
+`--no-fused-kernels` runs the engine without the fused elementwise Triton kernels (EngineConfig.fused_kernels).
 """
 
 import argparse
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--gpt-fast-args", default="", help="extra arguments for bench/gptfast_peer.py (CPU smoke runs)")
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink the workloads (CPU smoke runs)")
-    ap.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction, default=True,
                     help="fused residual add + RMSNorm, rotary + KV write and SiLU x mul kernels (CUDA only)")
     ap.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
                     help="profile decode steps at batch 1 and 256 and time prefill alone")

@@ -42,7 +42,7 @@ ENGINE_FLAGS = (
     Flag("gpu_memory_utilization", float, "fraction of device memory kvmemo may use, in (0, 1]"),
     Flag("enforce_eager", bool, "no CUDA graphs"),
     Flag("fused_kernels", bool, "on CUDA, four Triton kernels a layer for its elementwise work (residual add + "
-         "RMSNorm, rotary + KV-cache write, SiLU x mul) instead of about thirty PyTorch ones"),
+         "RMSNorm, rotary + KV-cache write, SiLU x mul) instead of about thirty PyTorch ones; the CPU ignores it"),
     Flag("device", str, "auto, cpu or cuda[:N] (auto: cuda when there is one)"),
     Flag("dtype", str, "auto, float32, float16 or bfloat16 (auto: bfloat16 on cuda, float32 on cpu)"),
     Flag("weights_seed", int, "seed of a preset's random weights (the sampling seed is a request's `seed`)"),
@@ -108,7 +108,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.option.replace("_", "-")
         env = env_name(f.option)
         if f.type is bool:
-            group.add_argument(flag, dest=f.name, action="store_true", default=None, help=with_default(f.help, env=env))
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=with_default(f.help, "on" if getattr(defaults, f.name) else "off", env))
         else:
             group.add_argument(flag, dest=f.name, type=f.type, default=None, metavar=f.option.upper(),
                                help=with_default(f.help, getattr(defaults, f.name), env))

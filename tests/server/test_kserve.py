@@ -72,7 +72,7 @@ def test_model_stream_infer_streams_tokens(client):
             final = result.get_response().parameters["triton_final_response"].bool_param
     finally:
         client.stop_stream()
-    assert len(texts) == 6
+    assert 2 <= len(texts) <= 6  # one message per token, or fewer larger ones for a slow reader
     whole = client.infer("tiny", llm_inputs("Hello", max_tokens=6, temperature=0, ignore_eos=True)
                          + [tensor("exclude_input_in_output", "BOOL", [True])])
     assert b"".join(texts) == whole.as_numpy("text_output")[0]
