@@ -40,6 +40,7 @@ class EngineConfig:
     # Triton kernels for residual add + RMSNorm, rotary + KV-cache write and SiLU x mul (service/kernels/); CUDA
     # only: on the CPU the PyTorch code runs whatever this says.
     fused_kernels: bool = True  # CUDA only: the CPU runs the PyTorch code
+    async_scheduling: bool = True
     # Memory planning (service/boot.py, service/memory/).
     kv_cache_policy: str = "fit-requested"  # which profiled suggestion to use: fit-requested | full
     kv_cache_safety_bytes: int | None = None  # None: DEFAULT_SAFETY_BYTES for the device type

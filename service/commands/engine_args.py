@@ -43,6 +43,8 @@ ENGINE_FLAGS = (
     Flag("enforce_eager", bool, "no CUDA graphs"),
     Flag("fused_kernels", bool, "on CUDA, four Triton kernels a layer for its elementwise work (residual add + "
          "RMSNorm, rotary + KV-cache write, SiLU x mul) instead of about thirty PyTorch ones; the CPU ignores it"),
+    Flag("async_scheduling", bool, "queue each decode step on the device before the step running there is read "
+         "back, so the GPU does not wait for the host between steps"),
     Flag("device", str, "auto, cpu or cuda[:N] (auto: cuda when there is one)"),
     Flag("dtype", str, "auto, float32, float16 or bfloat16 (auto: bfloat16 on cuda, float32 on cpu)"),
     Flag("weights_seed", int, "seed of a preset's random weights (the sampling seed is a request's `seed`)"),

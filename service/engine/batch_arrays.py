@@ -53,16 +53,18 @@ def token_offsets(q_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return seq_of, np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - q_lens, q_lens)
 
 
-def batch_arrays(batch: list[ScheduledSeq], block_size: int) -> BatchArrays:
+def batch_arrays(batch: list[ScheduledSeq], block_size: int, ahead: int = 0) -> BatchArrays:
+    """ahead=1: a decode step queued before the step in flight has been read back; every sequence is one
+    token further than its state says, and that token's id is still on the device (input_ids are 0 here)."""
     input_ids: list[int] = []
     starts, q_lens, samples, tables = [], [], [], []
     for s in batch:
         seq, n = s.seq, s.num_new_tokens
-        start = seq.num_computed_tokens
-        input_ids += seq.token_ids(start, start + n)
+        start = seq.num_computed_tokens + ahead
+        input_ids += seq.token_ids(start, start + n) if not ahead else [0] * n
         starts.append(start)
         q_lens.append(n)
-        samples.append(start + n == seq.num_tokens)
+        samples.append(start + n == seq.num_tokens + ahead)
         tables.append(seq.block_table)
     starts_a, q_lens_a = np.array(starts, dtype=np.int64), np.array(q_lens, dtype=np.int64)
     table_lens = np.fromiter(map(len, tables), dtype=np.int64, count=len(tables))

@@ -49,18 +49,23 @@ class DecodeGraphs:
     def can_run(self, num_seqs: int) -> bool:
         return num_seqs <= self.sizes[-1]
 
-    def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+    def run(self, batch: list[ScheduledSeq], ahead: int = 0, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids: the batch's tokens on the device, for a step queued ahead (batch_arrays' `ahead`).
+        Every copy is queued on the stream, so a step queued while another runs changes no buffer that one
+        still reads."""
         n = len(batch)
         bs = next(s for s in self.sizes if s >= n)
         block_size = self.runner.layout.block_size
-        arrays = batch_arrays(batch, block_size)
+        arrays = batch_arrays(batch, block_size, ahead)
         width = arrays.block_tables.shape[1]
-        dev = self.runner.device
-        self.input_ids[:n].copy_(torch.from_numpy(arrays.input_ids), non_blocking=True)
+        if input_ids is not None:
+            self.input_ids[:n].copy_(input_ids)
+        else:
+            self.input_ids[:n].copy_(torch.from_numpy(arrays.input_ids), non_blocking=True)
         self.positions[:n].copy_(torch.from_numpy(arrays.positions), non_blocking=True)
         self.slot_mapping[:n].copy_(torch.from_numpy(arrays.slot_mapping), non_blocking=True)
         self.context_lens[:n].copy_(torch.from_numpy(arrays.positions + 1), non_blocking=True)
-        self.block_tables[:n, :width].copy_(torch.from_numpy(arrays.block_tables).to(dev), non_blocking=True)
+        self.block_tables[:n, :width].copy_(torch.from_numpy(arrays.block_tables), non_blocking=True)
         if bs > n:  # padded rows: one token of context, K/V written into the null block
             self.slot_mapping[n:bs].fill_(NULL_BLOCK * block_size)
             self.context_lens[n:bs].fill_(1)

@@ -12,7 +12,7 @@ from service.engine.block_manager import BlockManager
 from service.engine.detokenizer import Detokenizer
 from service.engine.model_runner import ModelRunner
 from service.engine.outputs import RequestOutput
-from service.engine.sampler import SamplerOutput
+from service.engine.sampler import DeviceSample, SamplerOutput
 from service.engine.sampling_params import SamplingParams
 from service.engine.scheduler import SampledToken, Scheduler, ScheduledSeq
 from service.engine.sequence import Sequence
@@ -31,6 +31,13 @@ class EngineStats:
     num_usable_blocks: int
     num_preemptions: int
     num_ooms: int
+
+
+@dataclass(slots=True)
+class InflightStep:
+    batch: list[ScheduledSeq]
+    sampling: list[ScheduledSeq]  # the batch's sequences that sample, in the order of on_device's rows
+    on_device: DeviceSample | None
 
 
 class LLMEngine:
@@ -57,6 +64,7 @@ class LLMEngine:
         self.detokenizers: dict[str, Detokenizer] = {}
         self.num_ooms = 0
         self.pending: list[SampledToken] = []  # the last step's tokens, whose outputs the next step builds
+        self.inflight: InflightStep | None = None  # a step queued on the device, not yet read back
 
     # --- requests -----------------------------------------------------------------------------------
     def validate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -95,8 +103,8 @@ class LLMEngine:
         return self._finished_output(seq, "")
 
     def has_unfinished(self) -> bool:
-        """Requests to run, or outputs of the last step not yet returned."""
-        return self.scheduler.has_unfinished() or bool(self.pending)
+        """Requests to run, a step in flight, or outputs of the last step not yet returned."""
+        return self.scheduler.has_unfinished() or bool(self.pending) or self.inflight is not None
 
     def count_oom(self) -> None:
         """Every device OOM, in a step or in boot's warm-up, is counted here and only here; whoever serves the
@@ -110,30 +118,58 @@ class LLMEngine:
 
     # --- the loop -----------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """One step: the batch's model run and sampling are queued on the device, and while the GPU runs
-        them the host builds the previous step's outputs (detokenising, stop strings); then the step's
-        tokens are read back and accounted. So a step returns the previous step's outputs, and a step with
-        nothing to run returns the last ones."""
-        batch = self.scheduler.schedule()
-        if not batch:
-            return self._take_outputs()
-        try:
-            sampling, on_device = self.runner.launch(batch)
-        except torch.OutOfMemoryError as e:
-            outputs = self._take_outputs()
-            return outputs + self._fail_batch([s for s in batch if not s.seq.finished], e)
+        """One step. Its batch's model run and sampling are queued on the device (or were, by the step
+        before); while the GPU runs them the host builds the previous step's outputs (detokenising, stop
+        strings) and, for a pure-decode batch with nothing waiting, queues the next decode step behind this
+        one, its input ids taken from this step's sampled ids on the device; then this step's tokens are
+        read back and accounted. So a step returns the previous step's outputs, a step with nothing to run
+        returns the last ones, and the GPU need not wait for the host between decode steps."""
+        if self.inflight is None:
+            batch = self.scheduler.schedule()
+            if not batch:
+                return self._take_outputs()
+            try:
+                self.inflight = InflightStep(batch, *self.runner.launch(batch))
+            except torch.OutOfMemoryError as e:
+                outputs = self._take_outputs()
+                return outputs + self._fail_batch([s for s in batch if not s.seq.finished], e)
+        current, self.inflight = self.inflight, None
         outputs = self._take_outputs()
-        sampled = on_device.to_host() if on_device is not None else SamplerOutput([], [])
-        # A stop string that the previous step's text completed finished its sequence while this step ran:
-        # that sequence's new token is dropped.
-        still_running = [i for i, s in enumerate(sampling) if not s.seq.finished]
+        self.inflight = self._launch_ahead(current)
+        return outputs + self._account(current)
+
+    def _launch_ahead(self, current: InflightStep) -> InflightStep | None:
+        if not self.config.async_scheduling or current.on_device is None:
+            return None
+        if len(current.sampling) != len(current.batch) or any(s.num_new_tokens != 1 for s in current.batch):
+            return None
+        rows = [i for i, s in enumerate(current.sampling) if not s.seq.finished]
+        batch = self.scheduler.schedule_ahead([current.sampling[i].seq for i in rows])
+        if batch is None:
+            return None
+        sampled = current.on_device.sampled
+        if len(rows) < len(current.sampling):
+            sampled = sampled[torch.tensor(rows, device=sampled.device)]
+        try:
+            return InflightStep(batch, *self.runner.launch(batch, after=sampled))
+        except torch.OutOfMemoryError:
+            log.warning("no room to queue a decode step ahead; the next step runs after this one")
+            return None
+
+    def _account(self, current: InflightStep) -> list[RequestOutput]:
+        """Reads the step's tokens back and gives them to the scheduler; their outputs are built next step.
+        A sequence that ended since the step was queued (a stop string in the previous step's text, an
+        abort, or its token of the step before) drops its token from this one."""
+        sampling, batch = current.sampling, current.batch
+        sampled = current.on_device.to_host() if current.on_device is not None else SamplerOutput([], [])
         failed = [(sampling[i].seq, why) for i, why in sampled.failed.items() if not sampling[i].seq.finished]
-        keep = [i for i in still_running if i not in sampled.failed]
+        keep = [i for i, s in enumerate(sampling) if not s.seq.finished and i not in sampled.failed]
         if len(keep) < len(sampling):
             sampling = [sampling[i] for i in keep]
             sampled = SamplerOutput([sampled.token_ids[i] for i in keep], [sampled.logprobs[i] for i in keep])
         batch = [s for s in batch if not s.seq.finished]
         self.pending = self.scheduler.update_from_output(batch, sampling, sampled)
+        outputs = []
         for seq, why in failed:  # validation should have stopped these; they fail alone
             log.error("request %s failed in the sampler: %s", seq.request_id, why)
             self.scheduler.finish(seq, "error")

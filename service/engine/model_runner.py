@@ -138,27 +138,39 @@ class ModelRunner:
         return sampling, on_device.to_host() if on_device is not None else SamplerOutput([], [])
 
     @torch.inference_mode()
-    def launch(self, batch: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], DeviceSample | None]:
+    def launch(self, batch: list[ScheduledSeq],
+               after: torch.Tensor | None = None) -> tuple[list[ScheduledSeq], DeviceSample | None]:
         """Queues the model and the sampler over the batch without waiting for the GPU: returns the
-        sequences that sample, in order, and their tokens still on the device (None when none samples)."""
-        batch = sorted(batch, key=lambda s: s.num_new_tokens > 1)  # decodes first, then prefills
-        sampling = [s for s in batch if s.samples]
+        sequences that sample, in order, and their tokens still on the device (None when none samples).
+
+        after: for a pure-decode batch queued before the step in flight is read back, that step's sampled
+        ids on the device, one per sequence of the batch in its order; each sequence is one token ahead of
+        its state."""
+        ahead = 0 if after is None else 1
+        if ahead:
+            assert all(s.num_new_tokens == 1 for s in batch) and len(after) == len(batch)
+        else:
+            batch = sorted(batch, key=lambda s: s.num_new_tokens > 1)  # decodes first, then prefills
+        sampling = [s for s in batch if s.samples]  # ahead shifts both sides alike
         is_decode_only = all(s.num_new_tokens == 1 for s in batch)
         if is_decode_only and self.graphs is not None and self.graphs.can_run(len(batch)):
-            logits = self.graphs.run(batch)
+            logits = self.graphs.run(batch, ahead, after)
         else:
-            input_ids, positions, meta, logits_indices = self.prepare(batch)
+            input_ids, positions, meta, logits_indices = self.prepare(batch, ahead)
+            if after is not None:
+                input_ids = after
             logits = self.model(input_ids, positions, self.kv_caches, meta, logits_indices,
                                 fused=self.use_fused_kernels)
         if not sampling:
             return [], None
-        params = SamplingBatch([s.seq.params for s in sampling], [len(s.seq.output_token_ids) for s in sampling])
+        params = SamplingBatch([s.seq.params for s in sampling],
+                               [len(s.seq.output_token_ids) + ahead for s in sampling])
         return sampling, sample_on_device(logits, params)
 
-    def prepare(self, batch: list[ScheduledSeq]):
+    def prepare(self, batch: list[ScheduledSeq], ahead: int = 0):
         """The batch (decodes first) as device tensors: input ids, positions, attention metadata, and the
         packed index of each sampling sequence's last token."""
-        arrays = batch_arrays(batch, self.layout.block_size)
+        arrays = batch_arrays(batch, self.layout.block_size, ahead)
         dev = self.device
         if len(arrays.input_ids) == len(batch):  # pure decode
             decodes, prefills = np.arange(len(batch)), np.arange(0)

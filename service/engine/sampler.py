@@ -84,19 +84,26 @@ def _all_greedy(params: list[SamplingParams]) -> bool:
 @dataclass(slots=True)
 class DeviceSample:
     """A step's sampled ids, and the logprobs its requests asked for, while the GPU may still be computing
-    them: the kernels are queued, nothing has waited for them yet."""
-    sampled: torch.Tensor
+    them: their kernels and one non-blocking copy to pinned host memory are queued, and `ready` is recorded
+    after the copy, so reading them back waits for this step alone, not for a step queued after it."""
+    sampled: torch.Tensor  # on the device: the next step queued ahead takes its input ids from it
     params: list[SamplingParams]
     failed: dict[int, str]
-    logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # chosen, top values, top ids
+    host: list[torch.Tensor]  # sampled ids, then (when asked for) chosen logprobs, top values, top ids
+    ready: torch.cuda.Event | None
+
+    def __len__(self) -> int:
+        return len(self.params)
 
     def to_host(self) -> SamplerOutput:
-        """The one host transfer of a step (it waits for the GPU)."""
+        """The one host transfer of a step (it waits for the GPU to finish this step)."""
+        if self.ready is not None:
+            self.ready.synchronize()
         rows = len(self.params)
-        if self.logprobs is None:
-            return SamplerOutput(self.sampled.tolist(), [None] * rows, self.failed)
-        ids = self.sampled.tolist()
-        chosen, top_values, top_ids = (t.tolist() for t in self.logprobs)
+        ids = self.host[0].tolist()
+        if len(self.host) == 1:
+            return SamplerOutput(ids, [None] * rows, self.failed)
+        chosen, top_values, top_ids = (t.tolist() for t in self.host[1:])
         out = []
         for i, p in enumerate(self.params):
             if p.logprobs is None:
@@ -108,14 +115,20 @@ class DeviceSample:
 
 def _device_sample(logits: torch.Tensor, sampled: torch.Tensor, params: list[SamplingParams],
                    failed: dict[int, str]) -> DeviceSample:
-    """Queues the logprobs' kernels too, when any request asked for logprobs."""
-    if all(p.logprobs is None for p in params):
-        return DeviceSample(sampled, params, failed)
-    logprobs = logits.log_softmax(dim=-1)
-    top_n = max(p.logprobs for p in params if p.logprobs is not None)
-    top_values, top_ids = logprobs.topk(min(max(top_n, 1), logits.shape[-1]), dim=-1)
-    chosen = logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
-    return DeviceSample(sampled, params, failed, (chosen, top_values, top_ids))
+    """Queues the logprobs' kernels too, when any request asked for logprobs, then the copy to the host."""
+    outputs = [sampled]
+    if any(p.logprobs is not None for p in params):
+        logprobs = logits.log_softmax(dim=-1)
+        top_n = max(p.logprobs for p in params if p.logprobs is not None)
+        top_values, top_ids = logprobs.topk(min(max(top_n, 1), logits.shape[-1]), dim=-1)
+        chosen = logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
+        outputs += [chosen, top_values, top_ids]
+    if sampled.device.type != "cuda":
+        return DeviceSample(sampled, params, failed, outputs, None)
+    host = [t.to("cpu", non_blocking=True) for t in outputs]  # pinned, since the source is on CUDA
+    ready = torch.cuda.Event()
+    ready.record()
+    return DeviceSample(sampled, params, failed, host, ready)
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:

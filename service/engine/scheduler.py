@@ -134,6 +134,22 @@ class Scheduler:
             budget -= n
         return scheduled
 
+    def schedule_ahead(self, seqs: list[Sequence]) -> list[ScheduledSeq] | None:
+        """The next decode step of `seqs`, every running sequence, while their current decode step still
+        runs: each is one token further than its state says. Only when nothing waits and every sequence's
+        next slot fits without preempting; otherwise None, and the next step is scheduled as usual, after
+        this one is read back. A sequence that this step ends computes one token for nothing."""
+        if self.waiting or not seqs or len(seqs) != len(self.running):
+            return None
+        if any(seq.status is not Status.RUNNING for seq in seqs):
+            return None
+        needed = sum(self.block_manager.blocks_needed(seq, seq.num_tokens + 1) for seq in seqs)
+        if needed > self.block_manager.num_free_blocks:
+            return None
+        for seq in seqs:
+            self.block_manager.allocate(seq, seq.num_tokens + 1)
+        return [ScheduledSeq(seq, 1) for seq in seqs]
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.block_manager.free(seq)

@@ -96,3 +96,25 @@ def test_profiler_measures_every_component_and_the_second_boot_skips_it(tmp_path
     torch.cuda.empty_cache()
     _, warm = build_engine(config)
     assert warm.plan_source == "file" and warm.phase_seconds["profile"] < 0.5
+
+
+def seeded_and_greedy_tokens(engine):
+    """Every other request sampled with its own seed, while decode steps are queued ahead on the GPU."""
+    for i, p in enumerate(PROMPTS):
+        params = (SamplingParams(max_tokens=24, temperature=0.8, top_p=0.9, seed=i, ignore_eos=True, logprobs=2)
+                  if i % 2 else SamplingParams(max_tokens=24 + i, temperature=0, ignore_eos=True))
+        engine.add_request(str(i), p, params)
+    tokens, texts, reasons = run_to_completion(engine)
+    return [(tokens[str(i)], texts[str(i)], reasons[str(i)]) for i in range(len(PROMPTS))]
+
+
+def test_async_scheduling_in_cuda_graphs_equals_steps_one_at_a_time():
+    engine, _ = build_engine(EngineConfig(device="cuda", **COMMON))
+    assert engine.config.async_scheduling and engine.runner.graphs is not None
+    ahead = seeded_and_greedy_tokens(engine)
+    one_at_a_time = ModelRunner(EngineConfig(device="cuda", async_scheduling=False, **COMMON),
+                                loaded=engine.runner.loaded)
+    other = engine_over(one_at_a_time, engine.block_manager.num_blocks)
+    one_at_a_time.capture_graphs(engine.runner.graphs.sizes)
+    assert ahead == seeded_and_greedy_tokens(other)
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_usable_blocks
