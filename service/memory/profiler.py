@@ -118,13 +118,13 @@ def measure_activation_peak(runner, max_num_batched_tokens: int) -> int:
 
 
 def constrained_activation_peak(runner, steps, peak: int) -> int:
-    """The smallest free memory, from the unconstrained peak up in CONSTRAINED_STEP_BYTES steps, in which every
-    dummy step runs. With memory to spare the allocator never has to fit a request into the free space of
-    partly used segments; beside a full-size KV cache it does, and fragmentation can make it need more (an
-    H200 Llama-3-8B boot ran out of memory with 1.1 GiB free inside segments, 376 MiB short)."""
+    """The smallest free memory, from the unconstrained peak up in CONSTRAINED_STEP_BYTES steps, in which the
+    dummy steps run one after another. With memory to spare the allocator never has to fit a request into the
+    free space of partly used segments; beside a full-size KV cache it does, and fragmentation can make it need
+    more (an H200 Llama-3-8B boot ran out of memory with 1.1 GiB free inside segments, 376 MiB short)."""
     for step in range(CONSTRAINED_MAX_STEPS):
         budget = peak + step * CONSTRAINED_STEP_BYTES
-        if all(runs_within(runner, s, budget) for s in steps):
+        if runs_within(runner, steps, budget):
             if step:
                 log.info("peak activation: %s with memory to spare, %s with only that much free",
                          format_bytes(peak), format_bytes(budget))
@@ -135,9 +135,11 @@ def constrained_activation_peak(runner, steps, peak: int) -> int:
     return budget
 
 
-def runs_within(runner, step: DummyStep, budget: int) -> bool:
-    """Whether the dummy step runs when a ballast tensor leaves only `budget` bytes of device memory free."""
-    runner.allocate_kv_cache(step.num_blocks(runner.layout))
+def runs_within(runner, steps: list[DummyStep], budget: int) -> bool:
+    """Whether the dummy steps run back to back when a ballast tensor leaves only `budget` bytes of device
+    memory free. One ballast for all of them: taking and releasing nearly all the device's memory is paid once a
+    budget, not once a step."""
+    runner.allocate_kv_cache(max(s.num_blocks(runner.layout) for s in steps))
     ballast = None
     try:
         torch.cuda.empty_cache()
@@ -149,21 +151,12 @@ def runs_within(runner, step: DummyStep, budget: int) -> bool:
                 log.warning("could not take %s of free device memory to check the activation peak; using the "
                             "peak measured with memory to spare", format_bytes(free - budget))
                 return True
-        return step_runs(runner, step)
+        return all(step_runs(runner, s) for s in steps)
     finally:
         del ballast
         runner.free_kv_cache()
         gc.collect()
         torch.cuda.empty_cache()
-
-
-def step_runs(runner, step: DummyStep) -> bool:
-    try:
-        step.run(runner)
-        torch.cuda.synchronize()
-        return True
-    except torch.OutOfMemoryError:
-        return False
 
 
 def activation_floor_bytes(model_config, layout: KVLayout, num_tokens: int) -> int:

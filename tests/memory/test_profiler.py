@@ -1,5 +1,6 @@
-"""The activation peak checked under constraint: from the unconstrained peak up in fixed steps until every dummy
-batch runs with only that much memory free. The GPU run of the same code is in tests/engine/test_gpu_engine.py."""
+"""The dummy steps profiling runs (the shapes serving runs, sampled the most expensive way), and the activation
+peak checked under constraint: from the unconstrained peak up in fixed steps until the dummy steps run with only
+that much memory free. The GPU run of the same code is in tests/engine/test_gpu_engine.py."""
 
 import functools
 import logging
@@ -13,14 +14,14 @@ from service.memory.memory_profile import MiB
 
 def test_the_peak_stands_when_every_batch_runs_within_it(monkeypatch):
     tried = []
-    monkeypatch.setattr(profiler, "runs_within", lambda runner, lens, budget: tried.append(budget) or True)
+    monkeypatch.setattr(profiler, "runs_within", lambda runner, steps, budget: tried.append(budget) or True)
     assert profiler.constrained_activation_peak(None, ([1], [2]), 1000 * MiB) == 1000 * MiB
-    assert tried == [1000 * MiB, 1000 * MiB]
+    assert tried == [1000 * MiB]  # both steps under one ballast
 
 
 def test_fragmentation_raises_the_peak_one_step_at_a_time_and_says_so(monkeypatch, caplog):
     needed = 1000 * MiB + 300 * MiB  # what the long batch needs beside a full KV cache
-    monkeypatch.setattr(profiler, "runs_within", lambda runner, lens, budget: lens == [1] or budget >= needed)
+    monkeypatch.setattr(profiler, "runs_within", lambda runner, steps, budget: budget >= needed)
     with caplog.at_level(logging.INFO):
         peak = profiler.constrained_activation_peak(None, ([1], [2]), 1000 * MiB)
     assert peak == 1000 * MiB + 2 * profiler.CONSTRAINED_STEP_BYTES
@@ -28,7 +29,7 @@ def test_fragmentation_raises_the_peak_one_step_at_a_time_and_says_so(monkeypatc
 
 
 def test_the_search_ends_with_a_warning(monkeypatch, caplog):
-    monkeypatch.setattr(profiler, "runs_within", lambda runner, lens, budget: False)
+    monkeypatch.setattr(profiler, "runs_within", lambda runner, steps, budget: False)
     peak = profiler.constrained_activation_peak(None, ([1],), 0)
     assert peak == profiler.CONSTRAINED_MAX_STEPS * profiler.CONSTRAINED_STEP_BYTES
     assert "still ran out of memory" in caplog.text
