@@ -41,9 +41,8 @@ class DummyStep:
         return layout.blocks_for(list(self.prefill_lens)) + (layout.max_blocks_per_seq if self.decodes else 0)
 
     def describe(self) -> str:
-        prefills = f"{len(self.prefill_lens)} prefills of up to {max(self.prefill_lens)} tokens" if self.prefill_lens else ""
-        decodes = f"{self.decodes} decodes" if self.decodes else ""
-        return " + ".join(p for p in (prefills, decodes) if p)
+        parts = [f"{len(self.prefill_lens)} prefills of up to {max(self.prefill_lens)} tokens"] if self.prefill_lens else []
+        return " + ".join(parts + ([f"{self.decodes} decodes"] if self.decodes else []))
 
     def run(self, runner) -> None:
         runner.dummy_run(list(self.prefill_lens), self.decodes)
