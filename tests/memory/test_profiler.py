@@ -113,22 +113,28 @@ def test_profiling_runs_the_mixed_step_and_samples_every_row_the_expensive_way(m
 
     runner = small_runner()
     steps, sampled = [], []
-    real_run, real_sample = runner.run, model_runner.sample
+    real_run = runner.run
 
     def run(batch):
         steps.append((sum(s.num_new_tokens == 1 for s in batch), sum(s.num_new_tokens for s in batch), len(batch)))
         return real_run(batch)
 
-    def sample(logits, batch):
-        sampled.append((len(steps), logits.shape[0], batch.params))
-        return real_sample(logits, batch)
+    def recorded(real):
+        def sampler(logits, batch):
+            sampled.append((len(steps), logits.shape[0], batch.params))
+            return real(logits, batch)
+        return sampler
 
     monkeypatch.setattr(runner, "run", run)
-    monkeypatch.setattr(model_runner, "sample", sample)
+    for name in ("sample", "sample_on_device"):  # a step's sampling, and the pass over fresh logits
+        monkeypatch.setattr(model_runner, name, recorded(getattr(model_runner, name)))
     profiler.measure_activation_peak(runner, 512)
     decodes, tokens, seqs = steps[0]
     assert decodes == 8 - 2 and tokens == 512 and seqs == 8  # two prefills of 255 and 251 beside six decodes
     assert (8, 8, 8) in steps  # the pure decode step of max_num_seqs rows
     step_of_mixed, rows, params = sampled[0]
     assert step_of_mixed == 1 and rows == 8, "the mixed step's own logits are sampled, at max_num_seqs rows"
-    assert all(p.top_k > 0 and p.top_p < 1 and not p.greedy and p.logprobs for p in params)
+    assert [(k, r) for k, r, _ in sampled if k == 2] == [(2, 3), (2, 8)], \
+        "the long prompts' three rows, then a pass over max_num_seqs rows of fresh logits"
+    for _, _, params in sampled:
+        assert all(p.top_k > 0 and p.top_p < 1 and not p.greedy and p.logprobs for p in params)
