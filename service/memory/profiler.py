@@ -72,13 +72,14 @@ def mixed_step(max_num_batched_tokens: int, max_num_seqs: int, max_model_len: in
 
 def serving_steps(max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int) -> list[DummyStep]:
     """The steps profiling runs back to back: the worst mixed step (warm-up replays it); the budget as
-    max_model_len-long prompts (the largest attention temporaries); a pure decode step of max_num_seqs rows
-    (logits where the forward left them, unlike a CUDA graph's); and the mixed step again, which now meets the
-    free blocks the others left, as it does in serving."""
+    max_model_len-long prompts (the largest attention temporaries); and a pure decode step of max_num_seqs rows
+    (an eager one's logits lie where its forward left them; a CUDA graph's in its own pool). Not the mixed step
+    again: a step frees everything it allocated, and freed neighbours merge, so the next step finds the same
+    free blocks whatever ran before."""
     mixed = mixed_step(max_num_batched_tokens, max_num_seqs, max_model_len)
     long = DummyStep(tuple(long_prompt_lens(max_num_batched_tokens, max_model_len)))
     decode = DummyStep((), min(max_num_seqs, max_num_batched_tokens))
-    return [mixed, long, decode, mixed]
+    return [mixed, long, decode]
 
 
 def fitted(step: DummyStep, layout: KVLayout, num_blocks: int) -> DummyStep:
@@ -110,9 +111,9 @@ def measure_activation_peak(runner, max_num_batched_tokens: int) -> int:
     if runner.device.type != "cuda":
         return peak
     start = time.perf_counter()
-    distinct = list(dict.fromkeys(s for s in steps if s.prefill_lens))  # the decode step is the smallest
-    budget = constrained_activation_peak(runner, distinct, peak)
-    log.info("constrained check of %d steps: %.2f s", len(distinct), time.perf_counter() - start)
+    with_prefills = [s for s in steps if s.prefill_lens]  # the decode step is the smallest
+    budget = constrained_activation_peak(runner, with_prefills, peak)
+    log.info("constrained check of %d steps: %.2f s", len(with_prefills), time.perf_counter() - start)
     return budget
 
 
