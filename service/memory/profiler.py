@@ -159,6 +159,15 @@ def runs_within(runner, steps: list[DummyStep], budget: int) -> bool:
         torch.cuda.empty_cache()
 
 
+def step_runs(runner, step: DummyStep) -> bool:
+    try:
+        step.run(runner)
+        torch.cuda.synchronize()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+
+
 def activation_floor_bytes(model_config, layout: KVLayout, num_tokens: int) -> int:
     """A lower bound on a dummy step's peak: the tensors that are alive together in the MLP of one layer
     (the residual stream, gate_up's output and silu(gate) * up), or in the sampler (the float32 logits of

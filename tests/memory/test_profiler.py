@@ -35,6 +35,32 @@ def test_the_search_ends_with_a_warning(monkeypatch, caplog):
     assert "still ran out of memory" in caplog.text
 
 
+def test_the_constrained_check_runs_the_steps_back_to_back_over_one_kv_cache(monkeypatch):
+    """runs_within with the CUDA calls stood in for (this machine has no GPU): one KV cache for all the steps,
+    each run once, and an out-of-memory step fails the budget."""
+    import torch
+
+    runner = small_runner()
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000 * MiB, 2000 * MiB))
+    steps = profiler.serving_steps(512, 8, 256)[:2]
+    caches, ran = [], []
+    real_allocate, real_run = runner.allocate_kv_cache, runner.dummy_run
+    monkeypatch.setattr(runner, "allocate_kv_cache", lambda n: caches.append(n) or real_allocate(n))
+    monkeypatch.setattr(runner, "dummy_run", lambda lens, decodes: ran.append((tuple(lens), decodes)) or
+                        real_run(lens, decodes))
+    assert profiler.runs_within(runner, steps, 1000 * MiB)
+    assert caches == [max(s.num_blocks(runner.layout) for s in steps)] and not runner.kv_caches
+    assert ran == [(s.prefill_lens, s.decodes) for s in steps]
+
+    def out_of_memory(lens, decodes):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(runner, "dummy_run", out_of_memory)
+    assert not profiler.runs_within(runner, steps, 1000 * MiB)
+
+
 def test_a_cpu_activation_peak_is_never_below_what_the_batch_tensors_hold():
     """RSS can read no growth at all when the batch reuses freed heap pages (it did under `taskset -c 0`):
     the profile still counts at least the tensors the batch provably holds at once."""
