@@ -18,7 +18,7 @@ from service.kernels.cache import KernelCache, use_kernel_cache
 from service.memory import planner, snapshot
 from service.memory.fingerprint import fingerprint, fingerprint_fields
 from service.memory.memory_profile import format_bytes
-from service.memory.profiler import dummy_prompt_lens
+from service.memory.profiler import fitted, mixed_step
 from service.memory.report import BootReport
 from service.plans import Plans, open_plans
 
@@ -152,16 +152,18 @@ def build_engine(config: EngineConfig, plans: Plans | None = None) -> tuple[LLME
 
 
 def warm_up(runner, config: EngineConfig) -> bool:
-    """One batch of the profiled shape brings the allocator to its serving peak before requests come; returns
-    whether it ran out of memory (serving goes on: an out-of-memory step fails only its own requests)."""
+    """The worst step profiling ran (profiler.mixed_step, as much of it as the KV cache holds) brings the
+    allocator to its serving peak before requests come; returns whether it ran out of memory (serving goes on:
+    an out-of-memory step fails only its own requests)."""
     if runner.device.type == "cuda":
         torch.cuda.empty_cache()  # the activation was profiled from an empty cache: start from the same state
     layout = runner.layout
-    lens = dummy_prompt_lens(config.max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len)
+    step = fitted(mixed_step(config.max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len), layout,
+                  runner.num_kv_blocks)
     try:
         if faults.oom_in_warm_up():
             raise torch.OutOfMemoryError("out of memory injected by KVMEMO_FAULTS=oom_in_warm_up=1")
-        runner.dummy_run(lens[: max(1, runner.num_kv_blocks // layout.max_blocks_per_seq)])
+        step.run(runner)
         return False
     except torch.OutOfMemoryError as e:
         reason = str(e).splitlines()[0]

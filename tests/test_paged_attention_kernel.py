@@ -6,6 +6,7 @@ change how the rest of the suite sees Triton. The interpreter multiplies bfloat1
 tl.dot (triton-lang/triton#11584), so bf16 is checked on the GPU only.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -279,6 +280,36 @@ def test_prefill_kernel_matches_reference_on_gpu_bf16(group, head_dim, block_siz
 def test_prefill_kernel_matches_reference_on_gpu_other_dtypes(dtype, tol):
     case = make_prefill_case(4, 4, 128, 16, [1, 17, 512, 4095, 8192], [1, 17, 100, 4095, 63], dtype, "cuda")
     check_prefill(case, atol=tol, rtol=tol)
+
+
+ONE_VARIANT = """
+import json, os, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, sys.argv[1])
+from service.kernels.cache import entries
+from tests.test_paged_attention_kernel import check, check_prefill, make_case, make_prefill_case
+counts = []
+for width in (1, 16, 17, 40):  # block tables 1, 16, 17 and 40 blocks wide: Triton's 1, 16k and other cases
+    check(make_case(8, 4, 128, 16, [5, 9], torch.bfloat16, "cuda", max_blocks=width), num_splits=1, atol=1e-2,
+          rtol=1e-2)
+    check_prefill(make_prefill_case(8, 4, 128, 16, [16 * width], [8], torch.bfloat16, "cuda"), atol=1e-2, rtol=1e-2)
+    counts.append(entries(Path(os.environ["TRITON_CACHE_DIR"])))
+print(json.dumps(counts))
+"""
+
+
+@pytest.mark.gpu
+@gpu
+def test_one_compiled_variant_whatever_the_block_table_width(tmp_path):
+    """A fresh process with an empty kernel cache: the first width compiles the decode and prefill kernels, the
+    other widths compile nothing (each would otherwise be a compile in the middle of serving)."""
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", ONE_VARIANT, str(ROOT)], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts[0] > 0 and counts == [counts[0]] * len(counts), counts
 
 
 if __name__ == "__main__":

@@ -13,11 +13,15 @@ from service.engine.batch_arrays import BatchArrays, batch_arrays, token_offsets
 from service.engine.block_manager import BlockManager
 from service.engine.kv_layout import KVLayout
 from service.engine.sampler import DeviceSample, SamplerOutput, SamplingBatch, sample, sample_on_device
-from service.engine.sampling_params import SamplingParams
+from service.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from service.engine.scheduler import ScheduledSeq
 from service.engine.sequence import Sequence
 from service.model.attention import AttentionMetadata, GroupMetadata
 from service.model.loader import LoadedModel, load_model
+
+# The sampler's most expensive path: temperature, the top-k/top-p sort of [rows, vocab] float32 logits with int64
+# indices, then the log-softmax and top-N of logprobs beside the sampling temporaries.
+PROFILE_SAMPLING = SamplingParams(max_tokens=1, temperature=1.0, top_k=50, top_p=0.9, logprobs=MAX_LOGPROBS)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -114,21 +118,33 @@ class ModelRunner:
         self.graphs = graphs
 
     @torch.inference_mode()
-    def dummy_run(self, lens: list[int]) -> None:
-        """One prefill of len(lens) dummy requests through the allocated KV cache, then a sampler pass over
-        max_num_seqs rows with top-k and top-p on: the batch that profiling measures and warm-up replays."""
+    def dummy_run(self, lens: list[int], decodes: int = 0) -> None:
+        """One step of dummy requests through the allocated KV cache, the kind serving runs: prefills of `lens`
+        tokens beside `decodes` sequences that decode one token, every one sampled the most expensive way
+        (PROFILE_SAMPLING), so that the sampler works on the step's own logits, in the memory the forward left
+        behind. A step of fewer than max_num_seqs sampling rows is followed by a sampler pass over that many."""
         blocks = BlockManager(self.num_kv_blocks, self.layout.block_size)
-        greedy = SamplingParams(max_tokens=1, temperature=0)
         vocab = self.model_config.vocab_size
         batch = []
         for i, n in enumerate(lens):
-            seq = Sequence(f"dummy-{i}", [i % vocab] * n, greedy)
+            seq = Sequence(f"dummy-{i}", [i % vocab] * n, PROFILE_SAMPLING)
             blocks.allocate(seq, n)
             batch.append(ScheduledSeq(seq, n))
-        self.run(batch)
+        if decodes:
+            # One token cached and one new, through one shared block table as wide as the KV cache left allows
+            # (a max_model_len sequence's at most): the decode kernel is launched as for long sequences, and a
+            # CUDA graph's full-width tables, while only one sequence's blocks are taken.
+            table = Sequence("dummy-decode-blocks", [], PROFILE_SAMPLING)
+            blocks.allocate(table, min(self.layout.max_blocks_per_seq, blocks.num_free_blocks) * self.layout.block_size)
+            for i in range(decodes):
+                seq = Sequence(f"dummy-decode-{i}", [i % vocab] * 2, PROFILE_SAMPLING, num_computed_tokens=1,
+                               block_table=list(table.block_table))
+                batch.append(ScheduledSeq(seq, 1))
+        sampled, _ = self.run(batch)
         rows = self.layout.max_num_seqs
-        logits = torch.randn(rows, vocab, device=self.device)
-        sample(logits, SamplingBatch([SamplingParams(temperature=1.0, top_k=50, top_p=0.9)] * rows, [0] * rows))
+        if len(sampled) < rows:
+            logits = torch.randn(rows, vocab, device=self.device)
+            sample(logits, SamplingBatch([PROFILE_SAMPLING] * rows, [0] * rows))
 
     # --- one step -----------------------------------------------------------------------------------
     @torch.inference_mode()

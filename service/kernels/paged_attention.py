@@ -24,9 +24,10 @@ _PROGRAMS_PER_SM = 2
 _MAX_SPLITS = 64
 
 
-# Lengths and split counts are not specialised on (Triton would compile a variant for each value that is 1 or
-# a multiple of 16), so every capture size of a model shares two compiled split kernels and one reduce kernel.
-@triton.jit(do_not_specialize=["split_len", "num_splits"])
+# Lengths, split counts and the block table's width (its row stride) are not specialised on (Triton would
+# compile a variant for each value that is 1 or a multiple of 16), so every capture size of a model and every
+# eager batch, whatever its longest sequence, share two compiled split kernels and one reduce kernel.
+@triton.jit(do_not_specialize=["split_len", "num_splits", "stride_bt"])
 def _split_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
     qk_scale, split_len, num_splits,

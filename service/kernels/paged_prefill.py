@@ -20,7 +20,10 @@ import triton.language as tl
 from service.kernels.common import LOG2E, check_heads, check_kernel_operands, load_kv_tile
 
 
-@triton.jit
+# The block table's row stride is its width, which changes with every batch's longest sequence: specialised
+# on (Triton compiles a variant for 1 and for multiples of 16), it would compile up to three variants of each
+# launch, at profiling time or in the middle of serving.
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, qsl_ptr, lens_ptr, out_ptr, qk_scale,
     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,

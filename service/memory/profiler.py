@@ -1,10 +1,13 @@
-"""Profiling: peak activation from a dummy batch of max_num_batched_tokens plus a sampler pass over
-max_num_seqs rows; memory outside the allocator; and the CUDA-graph pool, measured by capturing the real
-decode graphs against a minimal KV cache whose block tables have their full width."""
+"""Profiling: the peak activation of the steps serving runs (the worst mixed step, the token budget as
+max_model_len-long prompts, a pure decode step, each sampling every row the most expensive way), run back to
+back so that the allocator's fragmentation across them counts; memory outside the allocator; and the CUDA-graph
+pool, measured by capturing the real decode graphs against a minimal KV cache whose block tables have their
+full width."""
 
 import gc
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -17,11 +20,32 @@ from service.memory.memory_profile import Components, MiB, format_bytes
 log = logging.getLogger(__name__)
 
 
-def dummy_prompt_lens(max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int) -> list[int]:
-    """max_num_batched_tokens split as evenly as possible over min(that, max_num_seqs) requests."""
-    n = min(max_num_batched_tokens, max_num_seqs)
-    lens = [max_num_batched_tokens // n + (1 if i < max_num_batched_tokens % n else 0) for i in range(n)]
-    return [min(length, max_model_len - 1) for length in lens]
+@dataclass(frozen=True, slots=True)
+class DummyStep:
+    """One dummy step for ModelRunner.dummy_run: whole prompts of prefill_lens tokens beside `decodes`
+    sequences that decode one token each."""
+    prefill_lens: tuple[int, ...]
+    decodes: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.prefill_lens) + self.decodes
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.prefill_lens) + self.decodes
+
+    def num_blocks(self, layout: KVLayout) -> int:
+        """KV blocks the step takes, plus the reserved one: the decodes share one max_model_len table
+        (ModelRunner.dummy_run)."""
+        return layout.blocks_for(list(self.prefill_lens)) + (layout.max_blocks_per_seq if self.decodes else 0)
+
+    def describe(self) -> str:
+        parts = [f"{len(self.prefill_lens)} prefills of up to {max(self.prefill_lens)} tokens"] if self.prefill_lens else []
+        return " + ".join(parts + ([f"{self.decodes} decodes"] if self.decodes else []))
+
+    def run(self, runner) -> None:
+        runner.dummy_run(list(self.prefill_lens), self.decodes)
 
 
 def long_prompt_lens(max_num_batched_tokens: int, max_model_len: int) -> list[int]:
@@ -30,53 +54,92 @@ def long_prompt_lens(max_num_batched_tokens: int, max_model_len: int) -> list[in
     return [longest] * (max_num_batched_tokens // longest) + ([max_num_batched_tokens % longest] if max_num_batched_tokens % longest else [])
 
 
+def mixed_step(max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int) -> DummyStep:
+    """The worst step a busy server runs: every seat but the prefills' decoding, and the rest of the token
+    budget as the largest prefill chunks (max_model_len - 1 tokens at most each), so that the step has the
+    whole budget in tokens and max_num_seqs sampling rows."""
+    longest = max(1, max_model_len - 1)
+    num_prefills = 1
+    while True:
+        decodes = max(0, min(max_num_seqs - num_prefills, max_num_batched_tokens - num_prefills))
+        prefill = max_num_batched_tokens - decodes
+        if prefill <= num_prefills * longest or num_prefills >= max_num_seqs:
+            break
+        num_prefills += 1
+    lens = [min(longest, prefill - i * longest) for i in range(num_prefills) if prefill - i * longest > 0]
+    return DummyStep(tuple(lens), decodes)
+
+
+def serving_steps(max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int) -> list[DummyStep]:
+    """The steps profiling runs back to back: the worst mixed step (warm-up replays it); the budget as
+    max_model_len-long prompts (the largest attention temporaries); and a pure decode step of max_num_seqs rows
+    (an eager one's logits lie where its forward left them; a CUDA graph's in its own pool). Not the mixed step
+    again: a step frees everything it allocated, and freed neighbours merge, so the next step finds the same
+    free blocks whatever ran before."""
+    mixed = mixed_step(max_num_batched_tokens, max_num_seqs, max_model_len)
+    long = DummyStep(tuple(long_prompt_lens(max_num_batched_tokens, max_model_len)))
+    decode = DummyStep((), min(max_num_seqs, max_num_batched_tokens))
+    return [mixed, long, decode]
+
+
+def fitted(step: DummyStep, layout: KVLayout, num_blocks: int) -> DummyStep:
+    """As much of step as a KV cache of num_blocks holds: its prefills first (the last one cut short), then
+    its decodes while a block is left for their shared table (which dummy_run narrows to what is free). The
+    smallest cache holds one max_model_len sequence, so a step always keeps one prefill."""
+    free = num_blocks - 1  # the reserved null block
+    lens = []
+    for n in step.prefill_lens:
+        n = min(n, free * layout.block_size)
+        if n <= 0:
+            break
+        lens.append(n)
+        free -= -(-n // layout.block_size)
+    return DummyStep(tuple(lens), step.decodes if free >= -(-2 // layout.block_size) else 0)
+
+
 CONSTRAINED_STEP_BYTES = 256 * MiB
 CONSTRAINED_MAX_STEPS = 8
 
 
 def measure_activation_peak(runner, max_num_batched_tokens: int) -> int:
-    """The larger peak of two dummy batches of max_num_batched_tokens: split over up to max_num_seqs requests
-    (the batch shape vLLM profiles), and as max_model_len-long sequences (the largest attention temporaries).
-    On CUDA the peak is then checked the way serving will use it, with only that much memory free."""
+    """The peak of the serving steps run back to back over one KV cache, in allocated or reserved bytes
+    (whichever is larger). On CUDA the peak is then checked the way serving will use it, with only that much
+    memory free."""
     layout = runner.layout
-    batches = (dummy_prompt_lens(max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len),
-               long_prompt_lens(max_num_batched_tokens, layout.max_model_len))
-    peaks, seconds = [], []
-    for lens in batches:
-        start = time.perf_counter()
-        peaks.append(measure_batch_peak(runner, lens))
-        seconds.append(time.perf_counter() - start)
+    steps = serving_steps(max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len)
+    peak = measure_steps_peak(runner, steps)
     if runner.device.type != "cuda":
-        return max(peaks)
+        return peak
     start = time.perf_counter()
-    budget = constrained_activation_peak(runner, batches, max(peaks))
-    log.info("activation passes: %s; constrained check %.2f s", "; ".join(
-        f"{len(lens)} sequences of up to {max(lens)} tokens: peak {format_bytes(p)} in {t:.2f} s"
-        for lens, p, t in zip(batches, peaks, seconds)), time.perf_counter() - start)
+    with_prefills = [s for s in steps if s.prefill_lens]  # the decode step is the smallest
+    budget = constrained_activation_peak(runner, with_prefills, peak)
+    log.info("constrained check of %d steps: %.2f s", len(with_prefills), time.perf_counter() - start)
     return budget
 
 
-def constrained_activation_peak(runner, batches, peak: int) -> int:
-    """The smallest free memory, from the unconstrained peak up in CONSTRAINED_STEP_BYTES steps, in which every
-    dummy batch runs. With memory to spare the allocator never has to fit a request into the free space of
-    partly used segments; beside a full-size KV cache it does, and fragmentation can make it need more (an
-    H200 Llama-3-8B boot ran out of memory with 1.1 GiB free inside segments, 376 MiB short)."""
+def constrained_activation_peak(runner, steps, peak: int) -> int:
+    """The smallest free memory, from the unconstrained peak up in CONSTRAINED_STEP_BYTES steps, in which the
+    dummy steps run one after another. With memory to spare the allocator never has to fit a request into the
+    free space of partly used segments; beside a full-size KV cache it does, and fragmentation can make it need
+    more (an H200 Llama-3-8B boot ran out of memory with 1.1 GiB free inside segments, 376 MiB short)."""
     for step in range(CONSTRAINED_MAX_STEPS):
         budget = peak + step * CONSTRAINED_STEP_BYTES
-        if all(runs_within(runner, lens, budget) for lens in batches):
+        if runs_within(runner, steps, budget):
             if step:
                 log.info("peak activation: %s with memory to spare, %s with only that much free",
                          format_bytes(peak), format_bytes(budget))
             return budget
     budget += CONSTRAINED_STEP_BYTES
-    log.warning("the dummy batches still ran out of memory with %s free; using %s as the activation peak",
+    log.warning("the dummy steps still ran out of memory with %s free; using %s as the activation peak",
                 format_bytes(budget - CONSTRAINED_STEP_BYTES), format_bytes(budget))
     return budget
 
 
-def runs_within(runner, lens: list[int], budget: int) -> bool:
-    """Whether the dummy batch runs when a ballast tensor leaves only `budget` bytes of device memory free."""
-    runner.allocate_kv_cache(runner.layout.blocks_for(lens))
+def runs_within(runner, steps: list[DummyStep], budget: int) -> bool:
+    """Whether the dummy steps run back to back when a ballast tensor leaves only `budget` bytes of device
+    memory free. One ballast for all of them: taking and releasing nearly all the device's memory is paid once a
+    budget, not once a step."""
+    runner.allocate_kv_cache(max(s.num_blocks(runner.layout) for s in steps))
     ballast = None
     try:
         torch.cuda.empty_cache()
@@ -88,7 +151,7 @@ def runs_within(runner, lens: list[int], budget: int) -> bool:
                 log.warning("could not take %s of free device memory to check the activation peak; using the "
                             "peak measured with memory to spare", format_bytes(free - budget))
                 return True
-        return batch_runs(runner, lens)
+        return all(step_runs(runner, s) for s in steps)
     finally:
         del ballast
         runner.free_kv_cache()
@@ -96,29 +159,31 @@ def runs_within(runner, lens: list[int], budget: int) -> bool:
         torch.cuda.empty_cache()
 
 
-def batch_runs(runner, lens: list[int]) -> bool:
+def step_runs(runner, step: DummyStep) -> bool:
     try:
-        runner.dummy_run(lens)
+        step.run(runner)
         torch.cuda.synchronize()
         return True
     except torch.OutOfMemoryError:
         return False
 
 
-def activation_floor_bytes(model_config, layout: KVLayout, lens: list[int]) -> int:
-    """A lower bound on the dummy batch's peak: the tensors that are alive together in the MLP of one layer
+def activation_floor_bytes(model_config, layout: KVLayout, num_tokens: int) -> int:
+    """A lower bound on a dummy step's peak: the tensors that are alive together in the MLP of one layer
     (the residual stream, gate_up's output and silu(gate) * up), or in the sampler (the float32 logits of
     max_num_seqs rows, their sorted copy and its int64 indices), whichever is larger."""
     cfg = model_config
-    tokens = sum(lens)
     element = torch.tensor([], dtype=layout.dtype).element_size()
-    mlp = tokens * (cfg.hidden_size + 3 * cfg.intermediate_size) * element
+    mlp = num_tokens * (cfg.hidden_size + 3 * cfg.intermediate_size) * element
     sampler = layout.max_num_seqs * cfg.vocab_size * (4 + 4 + 8)
     return max(mlp, sampler)
 
 
-def measure_batch_peak(runner, lens: list[int]) -> int:
-    runner.allocate_kv_cache(runner.layout.blocks_for(lens))
+def measure_steps_peak(runner, steps: list[DummyStep]) -> int:
+    """The peak above the starting point of `steps` run one after another over one KV cache, with nothing
+    released between them: serving never empties the allocator's cache, so a step meets the free blocks the
+    steps before it left, and what they fragment counts as it will while serving."""
+    runner.allocate_kv_cache(max(s.num_blocks(runner.layout) for s in steps))
     try:
         if runner.device.type == "cuda":
             # The larger of the allocated and the reserved peak: reserved counts the allocator's rounding and
@@ -127,17 +192,26 @@ def measure_batch_peak(runner, lens: list[int]) -> int:
             torch.cuda.synchronize()
             allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
             torch.cuda.reset_peak_memory_stats()
-            runner.dummy_run(lens)
-            torch.cuda.synchronize()
+            passes = []
+            for step in steps:
+                start = time.perf_counter()
+                step.run(runner)
+                torch.cuda.synchronize()
+                passes.append(f"{step.describe()}: {time.perf_counter() - start:.2f} s, peak so far "
+                              f"{format_bytes(torch.cuda.max_memory_allocated() - allocated)} allocated, "
+                              f"{format_bytes(torch.cuda.max_memory_reserved() - reserved)} reserved")
+            log.info("activation steps: %s", "; ".join(passes))
             return max(torch.cuda.max_memory_allocated() - allocated, torch.cuda.max_memory_reserved() - reserved)
         gc.collect()
         before, _ = process_rss()
         reset_peak_rss()
-        runner.dummy_run(lens)
+        for step in steps:
+            step.run(runner)
         _, peak = process_rss()
-        # RSS grows by less than the batch needs when its tensors land in heap pages freed earlier (on a loaded
-        # 2-core machine it read 0): never below what the batch's tensors provably hold at once.
-        return max(peak - before, activation_floor_bytes(runner.model_config, runner.layout, lens))
+        # RSS grows by less than the steps need when their tensors land in heap pages freed earlier (on a
+        # loaded 2-core machine it read 0): never below what a step's tensors provably hold at once.
+        floor = max(activation_floor_bytes(runner.model_config, runner.layout, s.num_tokens) for s in steps)
+        return max(peak - before, floor)
     finally:
         runner.free_kv_cache()
         if runner.device.type == "cuda":

@@ -160,7 +160,7 @@ def test_the_cpu_boot_line_speaks_of_host_memory_and_advises_no_more_than_the_ca
 def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_margin(tmp_path, caplog, monkeypatch):
     import service.boot
 
-    def out_of_memory(lens):
+    def out_of_memory(lens, decodes=0):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 376.00 MiB.")
 
     real_warm_up = service.boot.warm_up
