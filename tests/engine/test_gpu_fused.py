@@ -24,7 +24,8 @@ def fused_and_reference_tokens(**settings):
     fused_graphs = greedy_tokens(engine)
     fused_eager = ModelRunner(EngineConfig(device="cuda", fused_kernels=True, enforce_eager=True, **settings),
                               loaded=engine.runner.loaded)
-    reference = ModelRunner(EngineConfig(device="cuda", enforce_eager=True, **settings), loaded=engine.runner.loaded)
+    reference = ModelRunner(EngineConfig(device="cuda", fused_kernels=False, enforce_eager=True, **settings),
+                            loaded=engine.runner.loaded)
     assert not reference.use_fused_kernels
     del engine
     return (fused_graphs, greedy_tokens(engine_over(fused_eager, blocks)),
