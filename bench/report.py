@@ -51,6 +51,36 @@ def throughput() -> str:
                   "CUDA graphs vs eager", "results"], rows)
 
 
+def step_breakdown() -> str:
+    rows = []
+    for name, d in load("step-breakdown"):
+        for r in d["rows"]:
+            c = r["category_ms"]
+            rows.append([d["device"], d["model"], "on" if d["fused_kernels"] else "off",
+                         "on" if d["async_scheduling"] else "off", r["batch"], fmt(r["mean_context_tokens"]),
+                         fmt(r["wall_step_ms"], 2), fmt(r["gpu_busy_ms"], 2), fmt(c.get("gemm"), 2),
+                         fmt(c.get("attention"), 2), fmt(c.get("elementwise_other"), 2), fmt(c.get("sampler"), 2),
+                         fmt(c.get("copies"), 2), fmt(r["host_gap_ms"], 2), fmt(r["kernels_per_step"]), name])
+    return table(["device", "model", "fused kernels", "async scheduling", "batch", "context", "wall step ms",
+                  "GPU busy ms", "GEMMs", "attention", "elementwise/other", "sampler", "copies", "host gap ms",
+                  "kernels a step", "results"], rows)
+
+
+def prefill() -> str:
+    rows = []
+    for name, d in load("throughput"):
+        p = d.get("prefill")
+        if not p:
+            continue
+        peak = d.get("matmul_peak_tflop_s")
+        rows.append([d["rows"][0]["device"], d["rows"][0]["model"], "on" if d["rows"][0]["fused_kernels"] else "off",
+                     f'{p["requests"]} × {p["prompt_tokens"]}', fmt(p["prefill_tokens_per_s"]),
+                     fmt(p["prefill_tflop_s"]), fmt(peak), fmt(p["prefill_tflop_s"] / peak * 100 if peak else None) + "%",
+                     name])
+    return table(["device", "model", "fused kernels", "prompts", "prefill tok/s", "TFLOP/s", "bf16 matmul peak TFLOP/s",
+                  "of peak", "results"], rows)
+
+
 def model_label(model: str) -> str:
     """A preset's name; a Hugging Face directory by its name, marked as real weight files."""
     return f"{Path(model).name} (safetensors)" if "/" in model else model
@@ -167,7 +197,7 @@ def controller_flood() -> str:
 
 SECTIONS = {"throughput": throughput, "memory": memory, "load": load_bench, "attention": attention, "grpc": grpc_overhead,
             "serving": serving, "controller": controller,
-            "controller_flood": controller_flood}
+            "controller_flood": controller_flood, "step_breakdown": step_breakdown, "prefill": prefill}
 
 
 def render(readme: str) -> str:
