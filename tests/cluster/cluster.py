@@ -229,7 +229,10 @@ def _start(cluster: Cluster, images: list[ImageArchive], timeout: float) -> None
     cluster._spawn("kubelet", [
         str(kubelet), f"--config={kubelet_config}", f"--kubeconfig={kubeconfig}",
         f"--root-dir={workdir / 'kubelet'}", f"--hostname-override={NODE_NAME}", f"--node-ip={subnets.gateway}",
-        "-v=1",
+        # When a restarted container's successor is created but not yet running, the kubelet counts both as
+        # dead and, keeping one (the default), removes the one that died: `kubectl logs --previous` then
+        # finds no previous container (seen in test_production's test 3). Two keeps both.
+        "--maximum-dead-containers-per-container=2", "-v=1",
     ])
     kubeconfig = cluster.component_kubeconfig("kube-proxy", "system:kube-proxy")
     proxy_config = node.kube_proxy_config(
