@@ -103,7 +103,7 @@ class Containerd:
         for pid in self._shims():
             os.kill(pid, signal.SIGKILL)
         remove_mounted_tree(self.workdir)
-        unmount_under(kept_root())  # nothing stays mounted there after a clean stop; this is for the others
+        unmount_under(kept_root())  # an unpack's tmpmounts, if containerd died mid-import (the root stays)
         if self.lock is not None:
             self.lock.close()
             self.lock = None
