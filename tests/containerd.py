@@ -1,16 +1,24 @@
 """Debian's containerd as the tests run it, and `ctr` against it: one config for both of its users, image
-import and container cleanup. tests/images starts one of its own without the CRI plugin and runs containers
-with `ctr run` (tests/images/containerd.py); tests/cluster starts one with the CRI plugin for its kubelet,
-with the CNI config and runc wrapper that takes (tests/cluster/containerd.py)."""
+import and container cleanup. tests/images starts one without the CRI plugin and runs containers with
+`ctr run` (tests/images/containerd.py); tests/cluster starts one with the CRI plugin for its kubelet, with
+the CNI config and runc wrapper that takes (tests/cluster/containerd.py).
 
+Both keep their root (image content and unpacked layers) in one folder, kept_root(), so that the 3.4 GB
+service archive is imported once per digest, whichever of them meets it first. Only one containerd may use
+that root at a time: each holds machine_lock() while it runs.
+"""
+
+import fcntl
 import json
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import IO
 
 from deploy.build_images import ImageArchive
-from tests.progress import TERMINAL, run_with_progress
+from tests.envtest.build import tools_dir
+from tests.progress import TERMINAL, run_with_progress, say
 
 NAMESPACE = "k8s.io"  # where the kubelet's CRI looks
 IMPORT_TIMEOUT_S = 1800.0  # the service image: 3.4 GB of gzip layers, unpacked for overlayfs on 2 loaded cores
@@ -18,8 +26,31 @@ IMPORT_TIMEOUT_S = 1800.0  # the service image: 3.4 GB of gzip layers, unpacked 
 UNUSED_SNAPSHOTTERS = ("btrfs", "zfs", "devmapper", "aufs")
 
 
+# Also guards kube-proxy's KUBE-* iptables chains: one cluster per machine.
+MACHINE_LOCK = Path("/var/lock/kvmemo-cluster.lock")
+
+
 class ContainerdError(RuntimeError):
     pass
+
+
+def kept_root() -> Path:
+    """containerd's root, kept between runs in ~/.cache/kvmemo/cluster/containerd (the name predates
+    tests/images using it too)."""
+    return tools_dir().parent / "cluster" / "containerd"
+
+
+def machine_lock(who: str, log=TERMINAL) -> IO:
+    """The lock a containerd on kept_root() (and a cluster) holds while it runs; waits while another holds it.
+    Closing the returned file releases it."""
+    lock = open(MACHINE_LOCK, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say(log, f"{who}: a cluster or another containerd uses {kept_root()} on this machine; "
+                 f"waiting for {MACHINE_LOCK}")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
 
 
 def config_toml(root: Path, state: Path, socket: Path, opt: Path, *, cri: bool) -> str:
@@ -108,10 +139,15 @@ def archive_digest(archive: ImageArchive) -> str | None:
     return manifests[0].get("digest") if len(manifests) == 1 else None
 
 
-def remove_mounted_tree(folder: Path) -> None:
-    """Unmounts what is mounted under `folder` (snapshots, overlay storage made private), then removes it."""
+def unmount_under(folder: Path) -> None:
+    """Unmounts what is mounted under `folder` (snapshots, overlay storage made private), deepest first."""
     with open("/proc/self/mounts") as mounts:
         points = [line.split()[1] for line in mounts]
     for point in sorted((p for p in points if p == str(folder) or p.startswith(f"{folder}/")), reverse=True):
         subprocess.run(["umount", "--lazy", point], capture_output=True)
+
+
+def remove_mounted_tree(folder: Path) -> None:
+    """Unmounts what is mounted under `folder`, then removes it."""
+    unmount_under(folder)
     shutil.rmtree(folder, ignore_errors=True)

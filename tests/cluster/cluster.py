@@ -8,7 +8,6 @@ added to the machine: its bridge, iptables rules and chains, network namespaces 
 runs per machine at a time (kube-proxy owns the KUBE-* iptables chains); a second start waits for it.
 """
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from tests.cluster import containerd, network, node
 from tests.cluster.leftovers import kill_processes_mentioning
 from tests.cluster.local_images import pause_image
 from tests.cluster.oci import ImageArchive
+from tests.containerd import machine_lock
 from tests.debian import ensure_packages
 from tests.envtest import certs
 from tests.envtest.build import ensure_binaries, ensure_kube_binaries, kube_binary_path
@@ -33,7 +33,6 @@ from tests.progress import TERMINAL, say
 NODE_NAME = "kvmemo-node"
 PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "iproute2")
 COMPONENTS = ("kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
-MACHINE_LOCK = Path("/var/lock/kvmemo-cluster.lock")
 
 
 class ClusterError(RuntimeError):
@@ -174,22 +173,12 @@ def prepare(log=TERMINAL) -> None:
     pause_image()
 
 
-def _machine_lock(log):
-    lock = open(MACHINE_LOCK, "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        say(log, f"cluster: another cluster runs on this machine; waiting for {MACHINE_LOCK}")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    return lock
-
-
 def start(workdir: Path | None = None, images: list[ImageArchive] = (), log=TERMINAL,
           timeout: float = 300.0) -> Cluster:
     """Start a cluster whose node is Ready, with `images` imported. Raises ClusterError saying why not."""
     prepare(log)
     began = time.monotonic()
-    lock = _machine_lock(log)
+    lock = machine_lock("cluster", log)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kvmemo-cluster-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(workdir, network.choose_subnets(), network.snapshot(), lock=lock)
@@ -240,7 +229,10 @@ def _start(cluster: Cluster, images: list[ImageArchive], timeout: float) -> None
     cluster._spawn("kubelet", [
         str(kubelet), f"--config={kubelet_config}", f"--kubeconfig={kubeconfig}",
         f"--root-dir={workdir / 'kubelet'}", f"--hostname-override={NODE_NAME}", f"--node-ip={subnets.gateway}",
-        "-v=1",
+        # When a restarted container's successor is created but not yet running, the kubelet counts both as
+        # dead and, keeping one (the default), removes the one that died: `kubectl logs --previous` then
+        # finds no previous container (seen in test_production's test 3). Two keeps both.
+        "--maximum-dead-containers-per-container=2", "-v=1",
     ])
     kubeconfig = cluster.component_kubeconfig("kube-proxy", "system:kube-proxy")
     proxy_config = node.kube_proxy_config(

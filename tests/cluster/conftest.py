@@ -1,5 +1,7 @@
-"""One real single-node cluster for the whole test session, started as a person would start it
-(`python -m tests.cluster`) and stopped with SIGTERM; its teardown fails if the stop left anything behind."""
+"""One real single-node cluster for this package's tests, started as a person would start it
+(`python -m tests.cluster`) and stopped with SIGTERM after the last of them; its teardown fails if the stop
+left anything behind. Package scope, not session: the cluster holds the machine lock on containerd's kept
+root, which tests/images' containerd takes next."""
 
 import json
 import os
@@ -75,7 +77,7 @@ def _wait_for_info(proc: subprocess.Popen, info: Path, log: Path) -> dict:
     return json.loads(info.read_text())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kube_cluster(tmp_path_factory):
     if PREPARE_ERRORS:
         pytest.fail(f"the cluster tests need containerd, runc, the CNI plugins and the Kubernetes binaries, and "
@@ -105,7 +107,7 @@ def kube_cluster(tmp_path_factory):
     assert not left, "the stopped cluster left these behind:\n" + "\n".join(left)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kvmemo_images(kube_cluster):
     """The service and controller images from deploy/build-images.sh, imported into the cluster's containerd."""
     if "error" in IMAGES:

@@ -3,9 +3,9 @@ it shares with tests/images: the config's common part, image import and cleanup 
 
 Its state, socket, CNI config and IP allocations live under the cluster's workdir; the network
 namespaces go where containerd 1.6 always puts them (/var/run/netns). Its root (image content and
-unpacked layers, no mounts) is kept between clusters in ~/.cache/kvmemo/cluster/containerd, so an image
-imported once (the service image takes minutes to unpack) is there for the next cluster; stop() deletes
-every container from it, and one cluster per machine uses it at a time.
+unpacked layers, no mounts) is tests/containerd.py's kept_root(), shared with tests/images' containerd, so
+an image imported once (the service image takes minutes to unpack) is there for the next cluster; stop()
+deletes every container from it, and one containerd per machine uses it at a time.
 """
 
 import json
@@ -13,17 +13,12 @@ from pathlib import Path
 
 from tests.cluster.network import Subnets
 from tests.cluster.oci import ImageArchive
-from tests.containerd import ContainerdError, Ctr, config_toml
-from tests.envtest.build import tools_dir
+from tests.containerd import ContainerdError, Ctr, config_toml, kept_root
 
 __all__ = ["ContainerdError", "import_image", "remove_containers", "socket", "tag_image", "write_config"]
 
 RUNC_WRAPPER = Path(__file__).resolve().parent / "runc_wrapper.py"
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
-
-
-def root() -> Path:
-    return tools_dir().parent / "cluster" / "containerd"
 
 
 def socket(workdir: Path) -> Path:
@@ -60,7 +55,7 @@ def write_config(workdir: Path, subnets: Subnets, pause_ref: str) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     cni_conf_dir = write_cni_config(workdir, subnets)
     cri = 'plugins."io.containerd.grpc.v1.cri"'
-    text = config_toml(root(), base / "state", socket(workdir), base / "opt", cri=True) + f"""[{cri}]
+    text = config_toml(kept_root(), base / "state", socket(workdir), base / "opt", cri=True) + f"""[{cri}]
   sandbox_image = "{pause_ref}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"

@@ -4,7 +4,8 @@ import os
 import signal
 from pathlib import Path
 
-from tests.cluster import containerd, network
+from tests.cluster import network
+from tests.containerd import kept_root
 
 
 def processes_mentioning(workdir: Path) -> list[tuple[int, str]]:
@@ -33,7 +34,7 @@ def kill_processes_mentioning(workdir: Path) -> None:
 def leftovers(workdir: Path, bridge: str, before: network.HostState) -> list[str]:
     """What a stopped cluster left on the machine, measured against `before`; empty after a clean stop."""
     found = [f"process {pid}: {cmd}" for pid, cmd in processes_mentioning(workdir)]
-    found += [f"mount {point}" for point in network.mounts_under(workdir) + network.mounts_under(containerd.root())]
+    found += [f"mount {point}" for point in network.mounts_under(workdir) + network.mounts_under(kept_root())]
     found += [f"network namespace {name}" for name in network.new_netns(before)]
     found += [f"iptables: {rule}" for rule in network.new_iptables(before)]
     found += [f"pid namespace {ns} (a container's processes)" for ns in network.new_pid_namespaces(before)]

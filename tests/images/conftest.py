@@ -1,5 +1,9 @@
 """The images are built once per machine (deploy/build-images.sh, cached by their inputs) and imported into
-one containerd per session; every test runs a container from them with `ctr run`."""
+the containerd root the cluster keeps (once per digest, by whichever meets it first); every test runs a
+container from them with `ctr run`.
+
+The containerd lives for this package's tests only (scope="package"): it holds the machine lock on that
+root, and the cluster in tests/cluster (also package-scoped) needs it after or before."""
 
 import pytest
 
@@ -30,20 +34,20 @@ def built_images():
     return BUILD["images"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def containerd(built_images):
     ensure_packages("containerd", "runc")
     with Containerd() as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service_ref(built_images, containerd) -> str:
     containerd.import_archive(built_images.service)
     return built_images.service.ref
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def controller_ref(built_images, containerd) -> str:
     containerd.import_archive(built_images.controller)
     return built_images.controller.ref

@@ -1,7 +1,9 @@
-"""Debian's containerd, started for the image tests with its own root, state and socket (no CRI plugin),
-and containers run from it with `ctr run`, as the kubelet would run them: podman run fails on these
-machines (crun cannot raise RLIMIT_NPROC without CAP_SYS_RESOURCE). What it shares with the cluster's
-containerd (config, import, cleanup) is in tests/containerd.py."""
+"""Debian's containerd, started for the image tests with its own state and socket (no CRI plugin), and
+containers run from it with `ctr run`, as the kubelet would run them: podman run fails on these machines
+(crun cannot raise RLIMIT_NPROC without CAP_SYS_RESOURCE). Its root is the one the cluster's containerd
+keeps (tests/containerd.py's kept_root()), so an archive either of them imported is not imported again;
+it holds the machine lock while it runs, as a cluster does. What it shares with the cluster's containerd
+(config, import, cleanup) is in tests/containerd.py."""
 
 import os
 import signal
@@ -11,7 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.containerd import ContainerdError, Ctr, config_toml, remove_mounted_tree
+from tests.containerd import (ContainerdError, Ctr, config_toml, kept_root, machine_lock, remove_mounted_tree,
+                              unmount_under)
 from tests.images import ImageArchive
 from tests.progress import TERMINAL
 
@@ -32,7 +35,8 @@ class Bind:
 
 
 class Containerd:
-    """`with Containerd() as containerd:` starts one under a fresh folder and removes all of it on exit."""
+    """`with Containerd() as containerd:` starts one with its state under a fresh folder, on the kept root;
+    on exit it deletes every container, stops, and removes that folder (the root stays, with its images)."""
 
     def __init__(self):
         self.workdir = Path(tempfile.mkdtemp(prefix="kvmemo-containerd-", dir="/var/tmp"))
@@ -40,6 +44,7 @@ class Containerd:
         self.log = self.workdir / "containerd.log"
         self.ctr = Ctr(self.socket)
         self.process: subprocess.Popen | None = None
+        self.lock = None
         self._names = 0
 
     def __enter__(self) -> "Containerd":
@@ -54,8 +59,9 @@ class Containerd:
         self.stop()
 
     def start(self) -> None:
+        self.lock = machine_lock("tests/images")
         config = self.workdir / "config.toml"
-        config.write_text(config_toml(self.workdir / "root", self.workdir / "state", self.socket,
+        config.write_text(config_toml(kept_root(), self.workdir / "state", self.socket,
                                       self.workdir / "opt", cri=False))
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(["containerd", "--config", str(config)], stdout=log,
@@ -97,6 +103,10 @@ class Containerd:
         for pid in self._shims():
             os.kill(pid, signal.SIGKILL)
         remove_mounted_tree(self.workdir)
+        unmount_under(kept_root())  # an unpack's tmpmounts, if containerd died mid-import (the root stays)
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def _shims(self) -> list[int]:
         """Shim processes that serve this containerd (their command line names its socket)."""
