@@ -1,10 +1,4 @@
-"""The one free_port for tests and benchmarks."""
+"""The one free_port for tests and benchmarks (it lives beside the Prometheus start-up that a user's tool,
+deploy/grafana/backfill.py, needs without the tests)."""
 
-import socket
-
-
-def free_port() -> int:
-    """A loopback TCP port free right now (another process may take it before it is bound again)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from deploy.grafana.local_prometheus import free_port  # noqa: F401

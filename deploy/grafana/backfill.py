@@ -23,8 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.deploy.promstack import start_prometheus, stop  # noqa: E402  the tests' Prometheus, started the same way
-from tests.ports import free_port  # noqa: E402
+from deploy.grafana.local_prometheus import free_port, start_prometheus, stop  # noqa: E402
 
 NAMESPACE = "kvmemo"
 

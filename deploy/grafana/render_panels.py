@@ -169,7 +169,7 @@ def render(base: str, out: Path, variables: dict[str, str], start: float, end: f
 
 def render_scrapes(directory: Path, out: Path, variables: dict[str, str], prometheus_bin: str, promtool: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from backfill import pod_of, prometheus_over, read_scrapes  # the tests' process helpers: only for --scrapes
+    from backfill import pod_of, prometheus_over, read_scrapes  # only for --scrapes: it needs promtool and Prometheus
 
     scrapes = read_scrapes(directory)
     if scrapes.unreadable_lines:

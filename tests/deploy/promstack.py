@@ -4,28 +4,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from deploy.grafana.local_prometheus import start_prometheus, stop, wait_until  # noqa: F401  re-exported for the tests
 from tests.deploy.render import ROOT
 from tests.health import serving
-
-
-def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: the process exited with {proc.returncode}:\n{tail(log)}")
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s\n{tail(log)}")
-
-
-def tail(log: Path | None) -> str:
-    return log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
 
 
 def start_server(grpc_port: int, metrics_port: int, cache: Path, log: Path, *extra: str) -> subprocess.Popen:
@@ -38,16 +23,6 @@ def start_server(grpc_port: int, metrics_port: int, cache: Path, log: Path, *ext
     return proc
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def prometheus_config(targets: dict[str, list[tuple[int, dict]]], rule_file: Path) -> dict:
     """One job per name; each target is (port, labels). Labels stand in for what a ServiceMonitor adds."""
     return {
@@ -58,26 +33,6 @@ def prometheus_config(targets: dict[str, list[tuple[int, dict]]], rule_file: Pat
                                                  for port, labels in ts]}
             for job, ts in targets.items()],
     }
-
-
-def start_prometheus(binary: str, config: dict, workdir: Path, port: int, *flags: str) -> subprocess.Popen:
-    """Its TSDB in workdir/data (which may hold blocks already); returns once it is ready."""
-    (workdir / "prometheus.yml").write_text(json.dumps(config, indent=2))
-    log = workdir / "prometheus.log"
-    proc = subprocess.Popen([binary, f"--config.file={workdir / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             *flags],
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    wait_until(lambda: _ok(f"http://127.0.0.1:{port}/-/ready"), 60, "prometheus ready", proc, log)
-    return proc
-
-
-def _ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def api(port: int, path: str, **params) -> dict:
