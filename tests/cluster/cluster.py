@@ -103,7 +103,7 @@ class Cluster:
 
     def import_images(self, images: list[ImageArchive]) -> None:
         for image in images:
-            containerd.import_image(self.workdir, image)
+            containerd.ctr(self.workdir).import_archive(image)
 
     def stop(self) -> None:
         """Stop it and leave the machine as it was; safe to call after a failed or partial start."""
@@ -117,7 +117,7 @@ class Cluster:
         if proxy.exists():
             subprocess.run([str(proxy), "--cleanup"], capture_output=True)
         if self.procs.get("containerd"):
-            containerd.remove_containers(self.workdir)
+            containerd.ctr(self.workdir).remove_containers()
         terminate(self.procs.pop("containerd", None))
         kill_processes_mentioning(self.workdir)  # containerd-shim-runc-v2 of a pod the kubelet left behind
         network.unmount_all_under(self.workdir)

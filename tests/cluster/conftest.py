@@ -115,7 +115,7 @@ def kvmemo_images(kube_cluster):
                     pytrace=False)
     images = IMAGES["built"]
     for archive in (images.service, images.controller):
-        containerd.import_image(kube_cluster.workdir, archive)
+        containerd.ctr(kube_cluster.workdir).import_archive(archive)
     return images
 
 

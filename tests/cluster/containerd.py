@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 from tests.cluster.network import Subnets
-from tests.cluster.oci import ImageArchive
 from tests.containerd import ContainerdError, Ctr, config_toml, kept_root
 
-__all__ = ["ContainerdError", "import_image", "remove_containers", "socket", "tag_image", "write_config"]
+__all__ = ["ContainerdError", "ctr", "socket", "write_config"]
 
 RUNC_WRAPPER = Path(__file__).resolve().parent / "runc_wrapper.py"
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
@@ -26,6 +25,7 @@ def socket(workdir: Path) -> Path:
 
 
 def ctr(workdir: Path) -> Ctr:
+    """ctr on the cluster's containerd (its k8s.io namespace, where the kubelet looks)."""
     return Ctr(socket(workdir))
 
 
@@ -75,19 +75,3 @@ def write_config(workdir: Path, subnets: Subnets, pause_ref: str) -> Path:
     path.write_text(text)
     return path
 
-
-def import_image(workdir: Path, archive: ImageArchive) -> None:
-    """Into the k8s.io namespace, where the kubelet's CRI looks; unpacked for the overlayfs snapshotter.
-    An image that containerd's kept root already holds under that name and digest is not imported again."""
-    ctr(workdir).import_archive(archive)
-
-
-def remove_containers(workdir: Path) -> None:
-    """Every task and container, from the kept root. After a clean teardown only stopped containers the
-    kubelet had not collected yet are left."""
-    ctr(workdir).remove_containers()
-
-
-def tag_image(workdir: Path, source: str, name: str) -> None:
-    """Give an imported image a second name, e.g. the one a manifest names (docker.io/library/kvmemo:0.1.0-cpu)."""
-    ctr(workdir).tag(source, name)

@@ -239,7 +239,7 @@ def test_7_plain_manifests_give_the_same_result(kube_cluster, kvmemo_images, rel
         if doc and doc["kind"] == "Deployment":
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 archive = kvmemo_images.controller if "controller" in container["image"] else kvmemo_images.service
-                containerd.tag_image(kube_cluster.workdir, archive.ref, _full_name(container["image"]))
+                containerd.ctr(kube_cluster.workdir).tag(archive.ref, _full_name(container["image"]))
     namespace = "kvmemo-manifests"
     kube_cluster.kubectl("create", "namespace", namespace)
     kube_cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
