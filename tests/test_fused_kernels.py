@@ -25,13 +25,18 @@ def test_kernels_match_torch_under_interpreter():
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
 
 
-def test_fused_kernels_flag_and_env():
+def test_fused_kernels_flag_and_env(monkeypatch):
+    """On by default; `--no-fused-kernels` or KVMEMO_FUSED_KERNELS=0 turns them off, and the flag wins."""
     import argparse
 
     parser = argparse.ArgumentParser()
     add_engine_arguments(parser)
-    assert engine_config_from_args(parser.parse_args(["--fused-kernels"])).fused_kernels
+    monkeypatch.delenv("KVMEMO_FUSED_KERNELS", raising=False)
+    assert engine_config_from_args(parser.parse_args([])).fused_kernels
+    assert not engine_config_from_args(parser.parse_args(["--no-fused-kernels"])).fused_kernels
+    monkeypatch.setenv("KVMEMO_FUSED_KERNELS", "0")
     assert not engine_config_from_args(parser.parse_args([])).fused_kernels
+    assert engine_config_from_args(parser.parse_args(["--fused-kernels"])).fused_kernels
 
 
 def test_the_cpu_runs_the_torch_code_whatever_the_option_says():
