@@ -18,7 +18,7 @@ from service.kernels.cache import KernelCache, use_kernel_cache
 from service.memory import planner, snapshot
 from service.memory.fingerprint import fingerprint, fingerprint_fields
 from service.memory.memory_profile import format_bytes
-from service.memory.profiler import fitted, mixed_step
+from service.memory.profiler import DummyStep, fitted, mixed_step
 from service.memory.report import BootReport
 from service.plans import Plans, open_plans
 
@@ -151,15 +151,21 @@ def build_engine(config: EngineConfig, plans: Plans | None = None) -> tuple[LLME
     return engine, report
 
 
+CPU_WARM_UP_TOKENS = 16
+
+
 def warm_up(runner, config: EngineConfig) -> bool:
-    """The worst step profiling ran (profiler.mixed_step, as much of it as the KV cache holds) brings the
-    allocator to its serving peak before requests come; returns whether it ran out of memory (serving goes on:
+    """On CUDA, the worst step profiling ran (profiler.mixed_step, as much of it as the KV cache holds) brings
+    the caching allocator to its serving peak before requests come; on a CPU, which has no such allocator, a
+    short step only initialises the kernels' libraries. Returns whether it ran out of memory (serving goes on:
     an out-of-memory step fails only its own requests)."""
+    layout = runner.layout
     if runner.device.type == "cuda":
         torch.cuda.empty_cache()  # the activation was profiled from an empty cache: start from the same state
-    layout = runner.layout
-    step = fitted(mixed_step(config.max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len), layout,
-                  runner.num_kv_blocks)
+        step = mixed_step(config.max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len)
+    else:
+        step = DummyStep((max(1, min(CPU_WARM_UP_TOKENS, layout.max_model_len - 1)),), 1)
+    step = fitted(step, layout, runner.num_kv_blocks)
     try:
         if faults.oom_in_warm_up():
             raise torch.OutOfMemoryError("out of memory injected by KVMEMO_FAULTS=oom_in_warm_up=1")

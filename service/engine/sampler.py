@@ -92,9 +92,6 @@ class DeviceSample:
     host: list[torch.Tensor]  # sampled ids, then (when asked for) chosen logprobs, top values, top ids
     ready: torch.cuda.Event | None
 
-    def __len__(self) -> int:
-        return len(self.params)
-
     def to_host(self) -> SamplerOutput:
         """The one host transfer of a step (it waits for the GPU to finish this step)."""
         if self.ready is not None:

@@ -2,6 +2,7 @@
 MemTotal when unlimited; free as limit minus usage, or MemAvailable. Paths are parameters so that tests
 can point them at fixture files."""
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,3 +63,13 @@ def reset_peak_rss(proc: Path = Path("/proc")) -> None:
         (proc / "self" / "clear_refs").write_text("5")
     except OSError:
         pass  # not permitted in some sandboxes: the peak then covers the whole process life
+
+
+def release_free_heap() -> None:
+    """Returns the heap that freed tensors left to the OS (glibc's malloc_trim), so that RSS reads what is live:
+    otherwise it counts whatever earlier steps freed and the allocator kept, by an amount that differs from run
+    to run by more than the CPU's safety margin."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: RSS keeps the freed heap

@@ -14,7 +14,7 @@ import torch
 from service.config import EngineConfig
 from service.engine.kv_layout import KVLayout
 from service.memory import snapshot
-from service.memory.host import process_rss, reset_peak_rss
+from service.memory.host import process_rss, release_free_heap, reset_peak_rss
 from service.memory.memory_profile import Components, MiB, format_bytes
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,16 @@ CONSTRAINED_MAX_STEPS = 8
 def measure_activation_peak(runner, max_num_batched_tokens: int) -> int:
     """The peak of the serving steps run back to back over one KV cache, in allocated or reserved bytes
     (whichever is larger). On CUDA the peak is then checked the way serving will use it, with only that much
-    memory free."""
+    memory free; on a CPU only the mixed step runs."""
     layout = runner.layout
     steps = serving_steps(max_num_batched_tokens, layout.max_num_seqs, layout.max_model_len)
-    peak = measure_steps_peak(runner, steps)
     if runner.device.type != "cuda":
-        return peak
+        # Host memory has no caching allocator whose fragmentation one step leaves for the next: the worst mixed
+        # step alone gives the peak (each step of the whole token budget takes seconds on a CPU), and the other
+        # steps count through the floor of what their tensors provably hold.
+        floor = max(activation_floor_bytes(runner.model_config, layout, s.num_tokens) for s in steps)
+        return max(measure_steps_peak(runner, steps[:1]), floor)
+    peak = measure_steps_peak(runner, steps)
     start = time.perf_counter()
     with_prefills = [s for s in steps if s.prefill_lens]  # the decode step is the smallest
     budget = constrained_activation_peak(runner, with_prefills, peak)
@@ -203,6 +207,7 @@ def measure_steps_peak(runner, steps: list[DummyStep]) -> int:
             log.info("activation steps: %s", "; ".join(passes))
             return max(torch.cuda.max_memory_allocated() - allocated, torch.cuda.max_memory_reserved() - reserved)
         gc.collect()
+        release_free_heap()
         before, _ = process_rss()
         reset_peak_rss()
         for step in steps:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.memory.host import host_memory, process_rss
+from service.memory.host import host_memory, process_rss, release_free_heap
 
 
 @dataclass(slots=True)
@@ -52,6 +52,7 @@ def take(device: torch.device) -> Snapshot:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return Snapshot(torch.cuda.get_device_name(device), total, free, torch.cuda.memory_reserved(device),
                         torch.cuda.memory_allocated(device), _nvml_used(index))
+    release_free_heap()
     host = host_memory()
     rss, _ = process_rss()
     return Snapshot("cpu", host.total_bytes, host.free_bytes, 0, rss)

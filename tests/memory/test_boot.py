@@ -157,6 +157,25 @@ def test_the_cpu_boot_line_speaks_of_host_memory_and_advises_no_more_than_the_ca
     assert "capped: max_num_seqs=4 sequences of max_model_len=256 can use no more" in line
 
 
+def test_a_cpu_warm_up_runs_one_short_step(tmp_path, monkeypatch):
+    """A CPU has no caching allocator to bring to its serving peak: the warm-up is one short prefill beside one
+    decode, not the token budget's mixed step again (which the profile ran already, seconds of CPU)."""
+    import service.boot
+
+    steps = []
+    real_warm_up = service.boot.warm_up
+
+    def recorded_warm_up(runner, config):
+        real_run = runner.dummy_run
+        monkeypatch.setattr(runner, "dummy_run", lambda lens, decodes=0: steps.append((list(lens), decodes)) or
+                            real_run(lens, decodes))
+        return real_warm_up(runner, config)
+
+    monkeypatch.setattr(service.boot, "warm_up", recorded_warm_up)
+    build_engine(EngineConfig(plan_dir=str(tmp_path), **SMALL))
+    assert steps == [([service.boot.CPU_WARM_UP_TOKENS], 1)]
+
+
 def test_a_warm_up_out_of_memory_serves_anyway_and_the_next_profile_doubles_the_margin(tmp_path, caplog, monkeypatch):
     import service.boot
 

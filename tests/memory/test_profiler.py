@@ -134,7 +134,8 @@ def test_the_warm_up_step_runs_in_a_small_kv_cache(extra_blocks, expected):
 
 def test_profiling_runs_the_mixed_step_and_samples_every_row_the_expensive_way(monkeypatch):
     """What serving runs and the dummy steps once did not: decodes beside a prefill in one step, and the
-    top-k/top-p sort (with logprobs) over max_num_seqs rows of the step's own logits, not of fresh ones."""
+    top-k/top-p sort (with logprobs) over max_num_seqs rows of the step's own logits, not of fresh ones. The
+    serving steps as CUDA runs them back to back (a CPU runs the first alone: the next test)."""
     import service.engine.model_runner as model_runner
 
     runner = small_runner()
@@ -154,7 +155,7 @@ def test_profiling_runs_the_mixed_step_and_samples_every_row_the_expensive_way(m
     monkeypatch.setattr(runner, "run", run)
     for name in ("sample", "sample_on_device"):  # a step's sampling, and the pass over fresh logits
         monkeypatch.setattr(model_runner, name, recorded(getattr(model_runner, name)))
-    profiler.measure_activation_peak(runner, 512)
+    profiler.measure_steps_peak(runner, profiler.serving_steps(512, 8, 256))
     decodes, tokens, seqs = steps[0]
     assert decodes == 8 - 2 and tokens == 512 and seqs == 8  # two prefills of 255 and 251 beside six decodes
     assert (8, 8, 8) in steps  # the pure decode step of max_num_seqs rows
@@ -164,3 +165,19 @@ def test_profiling_runs_the_mixed_step_and_samples_every_row_the_expensive_way(m
         "the long prompts' three rows, then a pass over max_num_seqs rows of fresh logits"
     for _, _, params in sampled:
         assert all(p.top_k > 0 and p.top_p < 1 and not p.greedy and p.logprobs for p in params)
+
+
+def test_a_cpu_profile_runs_the_mixed_step_alone_and_counts_the_others_floors(monkeypatch):
+    """Host memory has no caching allocator for one step to fragment for the next, and each step of the whole
+    budget takes seconds on a CPU: only the mixed step runs, and the peak is never below any step's floor."""
+    runner = small_runner()
+    ran = []
+    real_run = runner.dummy_run
+    monkeypatch.setattr(runner, "dummy_run", lambda lens, decodes: ran.append((tuple(lens), decodes)) or
+                        real_run(lens, decodes))
+    peak = profiler.measure_activation_peak(runner, 512)
+    mixed = profiler.mixed_step(512, 8, 256)
+    assert ran == [(mixed.prefill_lens, mixed.decodes)]
+    floors = [profiler.activation_floor_bytes(runner.model_config, runner.layout, s.num_tokens)
+              for s in profiler.serving_steps(512, 8, 256)]
+    assert peak >= max(floors)
