@@ -81,6 +81,30 @@ def prefill() -> str:
                   "of peak", "results"], rows)
 
 
+def prefill_chunks() -> str:
+    """bench/prefill.py: throughput at each chunk size (max_num_batched_tokens)."""
+    rows = []
+    for name, d in load("prefill"):
+        for c in d["chunks"]:
+            rows.append([d["device"], d["model"], fmt(c["chunk_tokens"]), f'{c["requests"]} × {c["prompt_tokens"]}',
+                         fmt(c["prefill_tokens_per_s"]), fmt(c["prefill_tflop_s"]),
+                         fmt(c["fraction_of_matmul_peak"], 0, 100) + "%", fmt(c["median_step_ms"], 1), name])
+    return table(["device", "model", "chunk tokens", "prompts", "prefill tok/s", "TFLOP/s", "of matmul peak",
+                  "median step ms", "results"], rows)
+
+
+def prefill_kernel() -> str:
+    """bench/prefill.py: the Triton paged prefill kernel against SDPA on contiguous K/V, same shapes."""
+    rows = []
+    for name, d in load("prefill"):
+        for k in d.get("kernel", []):
+            rows.append([d["device"], k["seqs"], fmt(k["new_tokens"]), fmt(k["cached_tokens"]),
+                         fmt(k["kernel_ms"], 3), fmt(k["sdpa_contiguous_ms"], 3), fmt(k["kernel_over_sdpa"], 2) + "×",
+                         fmt(k["kernel_tflop_s"]), fmt(k["sdpa_tflop_s"]), name])
+    return table(["device", "sequences", "new tokens each", "cached tokens each", "kernel ms", "SDPA ms",
+                  "kernel / SDPA", "kernel TFLOP/s", "SDPA TFLOP/s", "results"], rows)
+
+
 def model_label(model: str) -> str:
     """A preset's name; a Hugging Face directory by its name, marked as real weight files."""
     return f"{Path(model).name} (safetensors)" if "/" in model else model
@@ -197,7 +221,8 @@ def controller_flood() -> str:
 
 SECTIONS = {"throughput": throughput, "memory": memory, "load": load_bench, "attention": attention, "grpc": grpc_overhead,
             "serving": serving, "controller": controller,
-            "controller_flood": controller_flood, "step_breakdown": step_breakdown, "prefill": prefill}
+            "controller_flood": controller_flood, "step_breakdown": step_breakdown, "prefill": prefill,
+            "prefill_chunks": prefill_chunks, "prefill_kernel": prefill_kernel}
 
 
 def render(readme: str) -> str:
