@@ -30,9 +30,9 @@ GRPC_PORT, METRICS_PORT, CONTROLLER_PORT = 50051, 8000, 8081
 # The node has 2 CPUs: the chart's default request of one CPU per pod would leave the scaled-out pods Pending.
 # The default model's 8,192-token context times 64 sequences would give each pod the CPU default's 4 GiB of
 # KV cache, more than this machine holds for the four or five pods the tests run at once: the release's pods
-# keep 16 sequences of 256 tokens (189 MB), and run steps of at most 256 tokens (a pod's profile and warm-up
-# run steps of the whole token budget: 2,048 tokens take seconds on these CPUs). Test 7 runs the chart's
-# defaults, and measures them.
+# keep 16 sequences of 256 tokens (189 MB), and run steps of at most 256 tokens (a pod's profile runs a step
+# of the whole token budget: 2,048 tokens take seconds on these CPUs). Test 7 runs the chart's defaults, and
+# measures them.
 SMALL = ("--set", "resources.requests.cpu=100m", "--set", "resources.requests.memory=1536Mi",
          "--set", "serving.maxModelLen=256", "--set", "serving.maxNumSeqs=16", "--set", "serving.maxNumBatchedTokens=256")
 QUESTION, PROMPT = "What is the capital of France?", "The capital of France is"  # SmolLM2 answers "Paris"

@@ -18,7 +18,7 @@ except Exception as e:  # noqa: BLE001 - the Quick start installs it; say what i
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory):
     # The default model, named; a short context keeps the CPU's KV cache small, and a small token budget its
-    # profile and warm-up short.
+    # profile short.
     server = start_server(tmp_path_factory.mktemp("default-model"), "--model", "smollm2-135m-instruct",
                           "--max-model-len", "512", "--max-num-seqs", "4", "--max-num-batched-tokens", "256")
     yield server
