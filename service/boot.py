@@ -13,6 +13,7 @@ import torch
 from service import faults
 from service.config import EngineConfig
 from service.engine.engine import LLMEngine
+from service.engine.kernel_warm_up import KernelWarmUp
 from service.engine.model_runner import ModelRunner, resolve_device
 from service.kernels.cache import KernelCache, use_kernel_cache
 from service.memory import planner, snapshot
@@ -42,7 +43,9 @@ class Loaded:
     weights: int  # bytes the weights took (allocator delta on CUDA, RSS delta on CPU)
     free_after_weights: int
     fingerprint: str
-    seconds: dict[str, float]  # load_weights' parts: cuda_init, then the loader's (build_model, read, copy | generate)
+    # load_weights' parts: cuda_init, the loader's (build_model, read, copy | generate), then kernels (the wait for
+    # the kernel warm-up that ran beside the loader)
+    seconds: dict[str, float]
     bytes_read: int
     kernels: KernelCache | None  # where compiled kernels are kept (CUDA only)
 
@@ -74,8 +77,12 @@ def load_and_fingerprint(config: EngineConfig) -> Loaded:
         torch.cuda.empty_cache()
     baseline = snapshot.take(device)  # the first call that needs the CUDA context creates it
     seconds = {"cuda_init": time.perf_counter() - start} if device.type == "cuda" else {}
+    kernel_warm_up = KernelWarmUp.start(config, device) if device.type == "cuda" else None
     runner = ModelRunner(config)
     seconds.update(runner.loaded.seconds)
+    if kernel_warm_up is not None:
+        seconds["kernels"] = kernel_warm_up.wait()  # what compiling took beyond the load
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()  # loading's temporaries must not count as used
     after = snapshot.take(device)

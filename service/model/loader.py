@@ -207,6 +207,11 @@ def _build(cfg: ModelConfig) -> LlamaForCausalLM:
         return LlamaForCausalLM(cfg)
 
 
+def uninitialised_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
+    """The model with storage for its weights on `device` and nothing written there: for compiling kernels."""
+    return _build(cfg).to(dtype).to_empty(device=device).eval().requires_grad_(False)
+
+
 def _finish(model: LlamaForCausalLM, state: dict) -> LlamaForCausalLM:
     model.load_state_dict(state, assign=True, strict=True)
     if model.config.tie_word_embeddings:
@@ -230,6 +235,16 @@ def load_gguf(path: Path, name: str, dtype: torch.dtype, device: torch.device) -
     identity = {"gguf_file": {"name": path.name, "size": path.stat().st_size},
                 "config": gguf.identity_metadata(reader, gguf.architecture(reader, path))}
     return LoadedModel(model, cfg, tokenizer, name, identity, seconds, path.stat().st_size)
+
+
+def read_model_config(name: str) -> ModelConfig:
+    """The hyper-parameters alone, from what load_model reads first: a preset, a GGUF header or config.json."""
+    if name in PRESETS:
+        return from_hf_dict(PRESETS[name], f"preset {name}")
+    path = preset_file(name) if name in FILE_PRESETS else Path(name)
+    if path.is_file():
+        return gguf.config_from_gguf(gguf.open_gguf(path), path)
+    return read_hf_config(path)[0]
 
 
 def load_model(name: str, dtype: torch.dtype, device: torch.device, seed: int = 0) -> LoadedModel:

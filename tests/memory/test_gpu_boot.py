@@ -1,6 +1,8 @@
 """Boots on a CUDA device, each in a fresh process as a restarted pod would be: a warm boot compiles no kernel
-that the cold boot compiled (the kernel cache persists), and two cold profiles of one configuration suggest
-sizes within 64 MiB of each other. CI has no GPU: run with `pytest -m gpu` on a GPU machine."""
+that the cold boot compiled (the kernel cache persists); two cold profiles of one configuration suggest sizes
+within 64 MiB of each other; the kernel warm-up beside the load leaves profiling nothing to compile; and the
+constrained check's allocator limit holds with expandable segments. CI has no GPU: run with `pytest -m gpu` on a
+GPU machine."""
 
 import json
 import os
@@ -42,7 +44,7 @@ def test_a_warm_boot_compiles_nothing_the_cold_boot_compiled(tmp_path):
                   plan_dir=str(tmp_path / "plans"), kernel_cache_dir=str(tmp_path / "kernels"))
     cold = boot_in_fresh_process(**config)
     assert cold["source"] == "profile" and cold["compiled"] > 0
-    assert set(cold["load_seconds"]) == {"cuda_init", "build_model", "generate"}
+    assert set(cold["load_seconds"]) == {"cuda_init", "build_model", "generate", "kernels"}
     warm = boot_in_fresh_process(**config)
     assert warm["source"] == "file" and warm["compiled"] == 0, warm
 
@@ -59,3 +61,60 @@ def test_two_cold_profiles_in_fresh_processes_agree_within_64_mib(tmp_path, eage
     assert first["compiled"] > 0 and compiled["compiled"] == 0
     for other in (second, compiled):
         assert abs(first["full"] - other["full"]) <= 64 * MiB, (first["components"], other["components"])
+
+
+PROFILE_AFTER_LOAD = """
+import json, sys
+from service.boot import load_and_fingerprint
+from service.config import EngineConfig
+from service.memory import profiler
+config = EngineConfig(**json.loads(sys.argv[1]))
+loaded = load_and_fingerprint(config)
+after_load = loaded.kernels.compiled()
+profiler.profile(loaded.runner, config, loaded.baseline, loaded.weights)
+print(json.dumps({"after_load": after_load, "after_profile": loaded.kernels.compiled()}))
+"""
+
+
+@pytest.mark.parametrize("model", ["llama-3-8b", "qwen3-0.6b"])
+def test_the_kernel_warm_up_beside_the_load_compiles_every_kernel_profiling_launches(tmp_path, model):
+    config = dict(model=model, max_model_len=4096, max_num_seqs=256, max_num_batched_tokens=8192,
+                  plan_store="none", kernel_cache_dir=str(tmp_path / "kernels"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", PROFILE_AFTER_LOAD, json.dumps(config)], capture_output=True,
+                            text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["after_load"] > 0 and counts["after_profile"] == counts["after_load"], counts
+
+
+LIMITED = """
+import json
+import torch
+from service.boot import use_expandable_segments
+use_expandable_segments()
+from service.memory.profiler import allocator_limited_to
+MiB = 1 << 20
+x = torch.empty(64 * MiB, dtype=torch.uint8, device="cuda")
+del x
+results = {}
+for label, budget, size in (("fits", 512 * MiB, 256 * MiB), ("too_big", 512 * MiB, 1024 * MiB)):
+    with allocator_limited_to(torch.device("cuda"), budget):
+        try:
+            y = torch.empty(size, dtype=torch.uint8, device="cuda")
+            del y
+            results[label] = "ran"
+        except torch.OutOfMemoryError:
+            results[label] = "oom"
+z = torch.empty(4096 * MiB, dtype=torch.uint8, device="cuda")  # the limit is lifted
+results["after"] = "ran"
+print(json.dumps(results))
+"""
+
+
+def test_the_allocator_limit_refuses_what_the_budget_does_not_hold_with_expandable_segments():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", LIMITED], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"fits": "ran", "too_big": "oom", "after": "ran"}

@@ -37,28 +37,37 @@ def test_the_search_ends_with_a_warning(monkeypatch, caplog):
 
 def test_the_constrained_check_runs_the_steps_back_to_back_over_one_kv_cache(monkeypatch):
     """runs_within with the CUDA calls stood in for (this machine has no GPU): one KV cache for all the steps,
-    each run once, and an out-of-memory step fails the budget."""
+    each run once while the allocator may take only the budget beyond what it reserves, and an out-of-memory
+    step fails the budget. The limit is lifted afterwards, whatever happened."""
     import torch
 
     runner = small_runner()
+    fractions = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000 * MiB, 2000 * MiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 100 * MiB)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, device=None: fractions.append(fraction))
     steps = profiler.serving_steps(512, 8, 256)[:2]
     caches, ran = [], []
     real_allocate, real_run = runner.allocate_kv_cache, runner.dummy_run
     monkeypatch.setattr(runner, "allocate_kv_cache", lambda n: caches.append(n) or real_allocate(n))
     monkeypatch.setattr(runner, "dummy_run", lambda lens, decodes: ran.append((tuple(lens), decodes)) or
                         real_run(lens, decodes))
-    assert profiler.runs_within(runner, steps, 1000 * MiB)
+    assert profiler.runs_within(runner, steps, 500 * MiB)
     assert caches == [max(s.num_blocks(runner.layout) for s in steps)] and not runner.kv_caches
     assert ran == [(s.prefill_lens, s.decodes) for s in steps]
+    assert fractions == [600 / 2000, 1.0]
+    assert profiler.runs_within(runner, steps, 5000 * MiB)  # never more than is free
+    assert fractions[2:] == [1100 / 2000, 1.0]
 
     def out_of_memory(lens, decodes):
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
     monkeypatch.setattr(runner, "dummy_run", out_of_memory)
     assert not profiler.runs_within(runner, steps, 1000 * MiB)
+    assert fractions[-1] == 1.0
 
 
 def test_a_cpu_activation_peak_is_never_below_what_the_batch_tensors_hold():
