@@ -77,7 +77,9 @@ def load_and_fingerprint(config: EngineConfig) -> Loaded:
         torch.cuda.empty_cache()
     baseline = snapshot.take(device)  # the first call that needs the CUDA context creates it
     seconds = {"cuda_init": time.perf_counter() - start} if device.type == "cuda" else {}
-    kernel_warm_up = KernelWarmUp.start(config, device) if device.type == "cuda" else None
+    # Compiling beside the load pays only when the kernel cache starts empty (service/engine/kernel_warm_up.py).
+    compiles_beside_load = kernels is not None and kernels.entries_at_start == 0
+    kernel_warm_up = KernelWarmUp.start(config, device) if compiles_beside_load else None
     runner = ModelRunner(config)
     seconds.update(runner.loaded.seconds)
     if kernel_warm_up is not None:

@@ -159,14 +159,15 @@ def runs_within(runner, steps: list[DummyStep], budget: int) -> bool:
 def allocator_limited_to(device: torch.device, budget: int):
     """The caching allocator refuses (and raises OutOfMemoryError) what would take its reserved memory more than
     `budget` bytes, or the memory free now, above where it stands after releasing its cache."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
     torch.cuda.empty_cache()
-    free, total = torch.cuda.mem_get_info(device)
-    limit = torch.cuda.memory_reserved(device) + min(budget, free)
-    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
+    free, total = torch.cuda.mem_get_info(index)
+    limit = torch.cuda.memory_reserved(index) + min(budget, free)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), index)
     try:
         yield
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
 def step_runs(runner, step: DummyStep) -> bool:

@@ -47,6 +47,7 @@ def test_a_warm_boot_compiles_nothing_the_cold_boot_compiled(tmp_path):
     assert set(cold["load_seconds"]) == {"cuda_init", "build_model", "generate", "kernels"}
     warm = boot_in_fresh_process(**config)
     assert warm["source"] == "file" and warm["compiled"] == 0, warm
+    assert "kernels" not in warm["load_seconds"]  # a filled cache: no warm-up beside the load
 
 
 @pytest.mark.parametrize("eager", [False, True])
@@ -65,27 +66,39 @@ def test_two_cold_profiles_in_fresh_processes_agree_within_64_mib(tmp_path, eage
 
 PROFILE_AFTER_LOAD = """
 import json, sys
+import torch
 from service.boot import load_and_fingerprint
 from service.config import EngineConfig
 from service.memory import profiler
 config = EngineConfig(**json.loads(sys.argv[1]))
 loaded = load_and_fingerprint(config)
 after_load = loaded.kernels.compiled()
+holes = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
 profiler.profile(loaded.runner, config, loaded.baseline, loaded.weights)
-print(json.dumps({"after_load": after_load, "after_profile": loaded.kernels.compiled()}))
+print(json.dumps({"after_load": after_load, "after_profile": loaded.kernels.compiled(), "holes": holes,
+                  "warmed_up": "kernels" in loaded.seconds}))
 """
 
 
-@pytest.mark.parametrize("model", ["llama-3-8b", "qwen3-0.6b"])
-def test_the_kernel_warm_up_beside_the_load_compiles_every_kernel_profiling_launches(tmp_path, model):
-    config = dict(model=model, max_model_len=4096, max_num_seqs=256, max_num_batched_tokens=8192,
-                  plan_store="none", kernel_cache_dir=str(tmp_path / "kernels"))
+def profile_after_load(config: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", PROFILE_AFTER_LOAD, json.dumps(config)], capture_output=True,
                             text=True, cwd=ROOT, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    counts = json.loads(result.stdout.strip().splitlines()[-1])
-    assert counts["after_load"] > 0 and counts["after_profile"] == counts["after_load"], counts
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("model", ["llama-3-8b", "qwen3-0.6b"])
+def test_the_kernel_warm_up_beside_the_load_compiles_every_kernel_profiling_launches(tmp_path, model):
+    """And it leaves no holes in the allocator's segments: a boot from a filled cache, which skips the warm-up,
+    has as little reserved beyond what is allocated after loading."""
+    config = dict(model=model, max_model_len=4096, max_num_seqs=256, max_num_batched_tokens=8192,
+                  plan_store="none", kernel_cache_dir=str(tmp_path / "kernels"))
+    cold = profile_after_load(config)
+    assert cold["warmed_up"] and cold["after_load"] > 0 and cold["after_profile"] == cold["after_load"], cold
+    warm = profile_after_load(config)
+    assert not warm["warmed_up"] and warm["after_profile"] == 0, warm
+    assert cold["holes"] <= warm["holes"] + 16 * MiB, (cold, warm)
 
 
 LIMITED = """
@@ -99,7 +112,7 @@ x = torch.empty(64 * MiB, dtype=torch.uint8, device="cuda")
 del x
 results = {}
 for label, budget, size in (("fits", 512 * MiB, 256 * MiB), ("too_big", 512 * MiB, 1024 * MiB)):
-    with allocator_limited_to(torch.device("cuda"), budget):
+    with allocator_limited_to(torch.device("cuda", 0), budget):
         try:
             y = torch.empty(size, dtype=torch.uint8, device="cuda")
             del y

@@ -47,6 +47,7 @@ def test_the_constrained_check_runs_the_steps_back_to_back_over_one_kv_cache(mon
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000 * MiB, 2000 * MiB))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 100 * MiB)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
                         lambda fraction, device=None: fractions.append(fraction))
     steps = profiler.serving_steps(512, 8, 256)[:2]
