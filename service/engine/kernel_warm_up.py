@@ -36,7 +36,7 @@ def one_layer_runner(config: EngineConfig, device: torch.device):
     return ModelRunner(config, LoadedModel(model, model_config, None, config.model, {}))
 
 
-def run_warm_up_steps(runner) -> None:
+def run_small_steps(runner) -> None:
     """A mixed step (a short prefill beside every other seat decoding: the decode kernel's one-split variant
     when the batch is large enough) and a one-sequence decode (its split variant and their reduction), each
     through a block table as wide as max_model_len, as profiling and the CUDA graphs launch them."""
@@ -71,14 +71,14 @@ class KernelWarmUp:
         start = time.perf_counter()
         try:
             if self.device.type != "cuda":
-                run_warm_up_steps(one_layer_runner(self.config, self.device))
+                run_small_steps(one_layer_runner(self.config, self.device))
             else:
                 torch.cuda.set_device(self.device)  # the current device is per thread
                 # A stream of its own, so that its blocks come from segments of their own: on the loader's
                 # stream they fell between the weights, and the holes they left stayed reserved (100 MiB more
                 # non-KV memory than profiling saw, on an H200 with Llama-3-8B).
                 with torch.cuda.stream(torch.cuda.Stream(self.device)):
-                    run_warm_up_steps(one_layer_runner(self.config, self.device))
+                    run_small_steps(one_layer_runner(self.config, self.device))
         except Exception as e:  # noqa: BLE001 -- only a head start: profiling compiles whatever is missing
             self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         self.seconds = time.perf_counter() - start

@@ -10,7 +10,7 @@ import torch
 
 from service.config import EngineConfig
 from service.engine import kernel_warm_up
-from service.engine.kernel_warm_up import WARM_UP_VOCAB, KernelWarmUp, one_layer_runner, run_warm_up_steps
+from service.engine.kernel_warm_up import WARM_UP_VOCAB, KernelWarmUp, one_layer_runner, run_small_steps
 from service.model.loader import read_model_config
 from service.model.presets import PRESETS
 from service.model.config import from_hf_dict
@@ -49,7 +49,7 @@ def test_the_steps_are_a_mixed_step_and_a_single_decode_over_full_width_tables(m
         return real_run(batch)
 
     monkeypatch.setattr(runner, "run", recording_run)
-    run_warm_up_steps(runner)
+    run_small_steps(runner)
     assert steps == [([kernel_warm_up.WARM_UP_PREFILL_TOKENS], 7), ([], 1)]
     assert set(widths) == {runner.layout.max_blocks_per_seq}
     assert not runner.kv_caches
@@ -69,5 +69,5 @@ def test_the_thread_runs_the_steps_and_reports_a_failure_instead_of_raising(capl
 def test_a_short_max_model_len_still_gets_a_prefill(max_model_len):
     runner = one_layer_runner(EngineConfig(model="tiny", **{**CONFIG, "max_model_len": max_model_len}),
                               torch.device("cpu"))
-    run_warm_up_steps(runner)
+    run_small_steps(runner)
     assert not runner.kv_caches
