@@ -13,7 +13,7 @@ import torch
 from service import faults
 from service.config import EngineConfig
 from service.engine.engine import LLMEngine
-from service.engine.kernel_warm_up import KernelWarmUp
+from service.engine.kernel_warm_up import KernelWarmUp, pays_beside_load
 from service.engine.model_runner import ModelRunner, resolve_device
 from service.kernels.cache import KernelCache, use_kernel_cache
 from service.memory import planner, snapshot
@@ -77,9 +77,8 @@ def load_and_fingerprint(config: EngineConfig) -> Loaded:
         torch.cuda.empty_cache()
     baseline = snapshot.take(device)  # the first call that needs the CUDA context creates it
     seconds = {"cuda_init": time.perf_counter() - start} if device.type == "cuda" else {}
-    # Compiling beside the load pays only when the kernel cache starts empty (service/engine/kernel_warm_up.py).
-    compiles_beside_load = kernels is not None and kernels.entries_at_start == 0
-    kernel_warm_up = KernelWarmUp.start(config, device) if compiles_beside_load else None
+    beside_load = pays_beside_load(config, kernels.entries_at_start if kernels is not None else None)
+    kernel_warm_up = KernelWarmUp.start(config, device) if beside_load else None
     runner = ModelRunner(config)
     seconds.update(runner.loaded.seconds)
     if kernel_warm_up is not None:

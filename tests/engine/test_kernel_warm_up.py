@@ -1,7 +1,8 @@
-"""The kernel warm-up that runs beside the loader: a one-layer copy of the configured model, read from the same
-source the loader reads (preset, config.json or GGUF header), runs a mixed step and a one-sequence decode through
-full-width block tables, and leaves no KV cache behind. On this CPU machine it runs the reference paths; on a GPU
-tests/memory/test_gpu_boot.py checks that profiling then compiles nothing."""
+"""The kernel warm-up that runs beside the loader (from an empty kernel cache, with CUDA graphs on): a one-layer
+copy of the configured model, read from the same source the loader reads (preset, config.json or GGUF header),
+runs a mixed step and a one-sequence decode through full-width block tables, and leaves no KV cache behind. On
+this CPU machine it runs the reference paths; on a GPU tests/memory/test_gpu_boot.py checks that profiling then
+compiles nothing."""
 
 import dataclasses
 
@@ -10,7 +11,8 @@ import torch
 
 from service.config import EngineConfig
 from service.engine import kernel_warm_up
-from service.engine.kernel_warm_up import WARM_UP_VOCAB, KernelWarmUp, one_layer_runner, run_small_steps
+from service.engine.kernel_warm_up import (WARM_UP_VOCAB, KernelWarmUp, one_layer_runner, pays_beside_load,
+                                           run_small_steps)
 from service.model.loader import read_model_config
 from service.model.presets import PRESETS
 from service.model.config import from_hf_dict
@@ -71,3 +73,11 @@ def test_a_short_max_model_len_still_gets_a_prefill(max_model_len):
                               torch.device("cpu"))
     run_small_steps(runner)
     assert not runner.kv_caches
+
+
+def test_it_runs_beside_the_load_only_from_an_empty_kernel_cache_with_graphs_on():
+    graphs, eager = EngineConfig(model="tiny", **CONFIG), EngineConfig(model="tiny", enforce_eager=True, **CONFIG)
+    assert pays_beside_load(graphs, 0)
+    assert not pays_beside_load(graphs, 18)  # a filled cache loads each kernel in milliseconds
+    assert not pays_beside_load(eager, 0)  # its stream would be the only second one, 70 MiB outside the allocator
+    assert not pays_beside_load(graphs, None)  # a CPU: no kernel cache, no Triton
