@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from service.config import EngineConfig
-from service.engine.kernel_warm_up import run_small_steps
 from service.engine.kv_layout import KVLayout
 from service.memory import snapshot
 from service.memory.host import process_rss, release_free_heap, reset_peak_rss
@@ -252,13 +251,7 @@ def profile(runner, config: EngineConfig, baseline: snapshot.Snapshot, weights: 
     """runner: a ModelRunner without a KV cache; each pass allocates its own through the runner and frees it."""
     start = time.perf_counter()
     activation = measure_activation_peak(runner, config.max_num_batched_tokens)
-    non_torch = 0
-    if runner.device.type == "cuda":
-        # Small batches load kernels and library modules of their own (the decode kernel's split variant,
-        # cuBLAS's small-batch GEMMs): they count as memory outside the allocator, whether or not the kernel
-        # warm-up beside the load has loaded them already (70 MiB on an H200; eager boots missed them before).
-        run_small_steps(runner)
-        non_torch = max(0, snapshot.take(runner.device).non_torch - baseline.non_torch)
+    non_torch = max(0, snapshot.take(runner.device).non_torch - baseline.non_torch) if runner.device.type == "cuda" else 0
     graphs_start = time.perf_counter()
     cudagraph = measure_cudagraph(runner, config.cuda_graph_sizes)
     end = time.perf_counter()
