@@ -8,10 +8,10 @@ garbage, and nothing reads them. The compiled kernels stay in Triton's in-proces
 
 It runs only when it pays (pays_beside_load): when the kernel cache starts empty (from a filled cache each
 kernel loads in milliseconds, and the thread's Python work would only slow the loader down: a restarted H200
-boot's weights took 2.3 s beside it instead of 0.7 s), and with CUDA graphs on. Its stream costs 70 MiB of
-device memory outside the allocator; the graphs' capture stream costs the same, so with graphs the total stayed
-the same to the MiB on an H200, but an eager boot would hold 70-80 MiB more than one without the warm-up, and
-two cold profiles of one configuration would disagree by that much."""
+boot's weights took 2.3 s beside it instead of 0.7 s), and with CUDA graphs on. In eager H200 boots it cost
+70-80 MiB of device memory outside the allocator, so that two cold profiles of one configuration, one of them
+from a filled cache, disagreed by that much. By all the evidence that is its CUDA stream's: with graphs, whose
+capture stream costs the same, the total stayed the same to the MiB."""
 
 import dataclasses
 import logging
