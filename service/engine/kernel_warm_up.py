@@ -1,6 +1,6 @@
 """Compiling the Triton kernels a boot will launch while its weights load. On an H200 with an empty kernel cache,
 Llama-3-8B's first profiling step took 4.0 s, against 0.23 s once its kernels were compiled and loaded: Triton
-compiled seven kernels there and built a launcher for each with the C compiler. So, in a thread beside the
+compiled six kernels there and built a launcher for each with the C compiler. So, in a thread beside the
 loader, a one-layer copy of the model runs the kinds of step that profiling and the CUDA graphs run. The copy
 has the real layer's shapes (Triton specialises a kernel on its arguments' dtypes, alignments and integer
 values, all of which one layer fixes), a small vocabulary and weights that are never written: its outputs are

@@ -140,9 +140,9 @@ class ModelRunner:
                 seq = Sequence(f"dummy-decode-{i}", [i % vocab] * 2, PROFILE_SAMPLING, num_computed_tokens=1,
                                block_table=list(table.block_table))
                 batch.append(ScheduledSeq(seq, 1))
-        sampled, _ = self.run(batch)
+        sampling, _ = self.run(batch)
         rows = self.layout.max_num_seqs
-        if len(sampled) < rows:
+        if len(sampling) < rows:
             logits = torch.randn(rows, vocab, device=self.device)
             sample(logits, SamplingBatch([PROFILE_SAMPLING] * rows, [0] * rows))
 

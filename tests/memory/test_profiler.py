@@ -16,7 +16,7 @@ def test_the_peak_stands_when_every_batch_runs_within_it(monkeypatch):
     tried = []
     monkeypatch.setattr(profiler, "runs_within", lambda runner, steps, budget: tried.append(budget) or True)
     assert profiler.constrained_activation_peak(None, ([1], [2]), 1000 * MiB) == 1000 * MiB
-    assert tried == [1000 * MiB]  # both steps under one ballast
+    assert tried == [1000 * MiB]  # both steps under one limit
 
 
 def test_fragmentation_raises_the_peak_one_step_at_a_time_and_says_so(monkeypatch, caplog):
