@@ -30,13 +30,18 @@ print(json.dumps({"source": report.plan_source, "compiled": report.kernels_compi
 """
 
 
-def boot_in_fresh_process(**config) -> dict:
+def in_fresh_process(code: str, config: dict | None = None):
+    """Runs code in a new Python process (config as its JSON argument); returns its last line of output, parsed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_CACHE_DIR", None)
-    result = subprocess.run([sys.executable, "-c", BOOT, json.dumps(config)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(config or {})], capture_output=True, text=True,
                             cwd=ROOT, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def boot_in_fresh_process(**config) -> dict:
+    return in_fresh_process(BOOT, config)
 
 
 def test_a_warm_boot_compiles_nothing_the_cold_boot_compiled(tmp_path):
@@ -80,23 +85,15 @@ print(json.dumps({"after_load": after_load, "after_profile": loaded.kernels.comp
 """
 
 
-def profile_after_load(config: dict) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", PROFILE_AFTER_LOAD, json.dumps(config)], capture_output=True,
-                            text=True, cwd=ROOT, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("model", ["llama-3-8b", "qwen3-0.6b"])
 def test_the_kernel_warm_up_beside_the_load_compiles_every_kernel_profiling_launches(tmp_path, model):
     """And it leaves no holes in the allocator's segments: a boot from a filled cache, which skips the warm-up,
     has as little reserved beyond what is allocated after loading."""
     config = dict(model=model, max_model_len=4096, max_num_seqs=256, max_num_batched_tokens=8192,
                   plan_store="none", kernel_cache_dir=str(tmp_path / "kernels"))
-    cold = profile_after_load(config)
+    cold = in_fresh_process(PROFILE_AFTER_LOAD, config)
     assert cold["warmed_up"] and cold["after_load"] > 0 and cold["after_profile"] == cold["after_load"], cold
-    warm = profile_after_load(config)
+    warm = in_fresh_process(PROFILE_AFTER_LOAD, config)
     assert not warm["warmed_up"] and warm["after_profile"] == 0, warm
     assert cold["holes"] <= warm["holes"] + 16 * MiB, (cold, warm)
 
@@ -126,8 +123,4 @@ print(json.dumps(results))
 
 
 def test_the_allocator_limit_refuses_what_the_budget_does_not_hold_with_expandable_segments():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", LIMITED], capture_output=True, text=True, cwd=ROOT, env=env,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"fits": "ran", "too_big": "oom", "after": "ran"}
+    assert in_fresh_process(LIMITED) == {"fits": "ran", "too_big": "oom", "after": "ran"}
