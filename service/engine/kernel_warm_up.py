@@ -13,7 +13,6 @@ boot's weights took 2.3 s beside it instead of 0.7 s), and with CUDA graphs on. 
 from a filled cache, disagreed by that much. By all the evidence that is its CUDA stream's: with graphs, whose
 capture stream costs the same, the total stayed the same to the MiB."""
 
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -79,20 +78,18 @@ class KernelWarmUp:
     def _run(self) -> None:
         start = time.perf_counter()
         try:
-            with self._own_stream():
+            if self.device.type != "cuda":
                 run_small_steps(one_layer_runner(self.config, self.device))
+            else:
+                torch.cuda.set_device(self.device)  # the current device is per thread
+                # A stream of its own, so that its blocks come from segments of their own: on the loader's
+                # stream they fell between the weights, and the holes they left stayed reserved (100 MiB more
+                # non-KV memory than profiling saw, on an H200 with Llama-3-8B).
+                with torch.cuda.stream(torch.cuda.Stream(self.device)):
+                    run_small_steps(one_layer_runner(self.config, self.device))
         except Exception as e:  # noqa: BLE001 -- only a head start: profiling compiles whatever is missing
             self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         self.seconds = time.perf_counter() - start
-
-    def _own_stream(self):
-        """On CUDA a stream of its own, so that its blocks come from segments of their own: on the loader's
-        stream they fell between the weights, and the holes they left stayed reserved (100 MiB more non-KV
-        memory than profiling saw, on an H200 with Llama-3-8B)."""
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        torch.cuda.set_device(self.device)  # the current device is per thread
-        return torch.cuda.stream(torch.cuda.Stream(self.device))
 
     def wait(self) -> float:
         """Joins the thread; returns the seconds spent waiting for it."""
