@@ -237,37 +237,61 @@ def load_gguf(path: Path, name: str, dtype: torch.dtype, device: torch.device) -
     return LoadedModel(model, cfg, tokenizer, name, identity, seconds, path.stat().st_size)
 
 
-def read_model_config(name: str) -> ModelConfig:
-    """The hyper-parameters alone, from what load_model reads first: a preset, a GGUF header or config.json."""
-    if name in PRESETS:
-        return from_hf_dict(PRESETS[name], f"preset {name}")
-    path = preset_file(name) if name in FILE_PRESETS else Path(name)
-    if path.is_file():
-        return gguf.config_from_gguf(gguf.open_gguf(path), path)
-    return read_hf_config(path)[0]
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    kind: str  # "preset" (seeded random weights), "gguf" (a GGUF file; file presets too) or "hf" (a directory)
+    path: Path | None = None
 
 
-def load_model(name: str, dtype: torch.dtype, device: torch.device, seed: int = 0) -> LoadedModel:
+def model_source(name: str) -> ModelSource:
+    """What `--model` names, checked before anything is read."""
     if name in FILE_PRESETS:
-        return load_gguf(preset_file(name), name, dtype, device)
+        return ModelSource("gguf", preset_file(name))
     if name in PRESETS:
-        seconds = {}
-        with timed_part(seconds, "build_model"):
-            cfg = from_hf_dict(PRESETS[name], f"preset {name}")
-            model = _build(cfg)
-            tokenizer = load_tokenizer(None, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids)
-        with timed_part(seconds, "generate", device):
-            model = _finish(model, _random_state_dict(model, seed, dtype, device))
-        return LoadedModel(model, cfg, tokenizer, name, {"preset": name, "seed": seed, "config": PRESETS[name]},
-                           seconds)
+        return ModelSource("preset")
     path = Path(name)
     if path.is_file() or path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"model {name!r}: no such GGUF file")
-        return load_gguf(path, name, dtype, device)
+        return ModelSource("gguf", path)
     if not path.is_dir():
         raise ModelLoadError(f"model {name!r} is neither a preset ({', '.join([*PRESETS, *FILE_PRESETS])}), "
                              f"a GGUF file, nor an existing directory")
+    return ModelSource("hf", path)
+
+
+def read_model_config(name: str) -> ModelConfig:
+    """The hyper-parameters alone, from what load_model reads first: a preset, a GGUF header or config.json."""
+    source = model_source(name)
+    if source.kind == "preset":
+        return from_hf_dict(PRESETS[name], f"preset {name}")
+    if source.kind == "gguf":
+        return gguf.config_from_gguf(gguf.open_gguf(source.path), source.path)
+    return read_hf_config(source.path)[0]
+
+
+def load_model(name: str, dtype: torch.dtype, device: torch.device, seed: int = 0) -> LoadedModel:
+    source = model_source(name)
+    if source.kind == "preset":
+        return load_preset(name, seed, dtype, device)
+    if source.kind == "gguf":
+        return load_gguf(source.path, name, dtype, device)
+    return load_hf_directory(source.path, name, dtype, device)
+
+
+def load_preset(name: str, seed: int, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    seconds = {}
+    with timed_part(seconds, "build_model"):
+        cfg = from_hf_dict(PRESETS[name], f"preset {name}")
+        model = _build(cfg)
+        tokenizer = load_tokenizer(None, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids)
+    with timed_part(seconds, "generate", device):
+        model = _finish(model, _random_state_dict(model, seed, dtype, device))
+    return LoadedModel(model, cfg, tokenizer, name, {"preset": name, "seed": seed, "config": PRESETS[name]},
+                       seconds)
+
+
+def load_hf_directory(path: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
     seconds = {}
     with timed_part(seconds, "build_model"):
         cfg, raw = read_hf_config(path)

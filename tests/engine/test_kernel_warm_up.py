@@ -13,6 +13,7 @@ from service.config import EngineConfig
 from service.engine import kernel_warm_up
 from service.engine.kernel_warm_up import (WARM_UP_VOCAB, KernelWarmUp, one_layer_runner, pays_beside_load,
                                            run_small_steps)
+from service.errors import ModelLoadError
 from service.model.loader import read_model_config
 from service.model.presets import PRESETS
 from service.model.config import from_hf_dict
@@ -29,6 +30,14 @@ def test_the_model_config_is_read_from_each_kind_of_source(tmp_path):
     assert hf.architecture == "Qwen3ForCausalLM" and hf.qk_norm
     write_gguf(tmp_path / "m.gguf", "llama")
     assert read_model_config(str(tmp_path / "m.gguf")).architecture == "LlamaForCausalLM"
+
+
+@pytest.mark.parametrize("name, problem", [("missing.gguf", "no such GGUF file"),
+                                           ("no-such-model", "neither a preset")])
+def test_a_bad_model_name_fails_the_config_read_as_it_fails_the_load(tmp_path, name, problem):
+    """read_model_config and load_model resolve a name in one place (model_source), so they fail alike."""
+    with pytest.raises(ModelLoadError, match=problem):
+        read_model_config(str(tmp_path / name))
 
 
 def test_the_copy_has_one_layer_of_the_real_shapes_and_a_small_vocabulary():
