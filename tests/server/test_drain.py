@@ -14,7 +14,7 @@ from service.proto.kvmemo.v1 import kvmemo_pb2 as pb
 from service.proto.kvmemo.v1 import kvmemo_pb2_grpc as pb_grpc
 from tests.server.conftest import health_status, start_server
 
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 # The server sleeps this long before each engine step (service/faults.py): a 1,000-token request then runs
@@ -92,8 +92,11 @@ def test_sigterm_sends_goaway_at_once_and_drains_in_flight_streams(own_server, r
         received = [next(stream)]
         rest = threading.Thread(target=lambda: received.extend(stream))
         rest.start()
-        watched = []
         watch = health_pb2_grpc.HealthStub(direct).Watch(health_pb2.HealthCheckRequest(service=""))
+        # Its first status says the Watch is open on the server: sent before that, the SIGTERM could shut the
+        # server to it first, and the watch would end with nothing seen (a 2-core CI run did).
+        watched = [next(watch).status]
+        assert watched == [SERVING]
         watcher = threading.Thread(target=lambda: watched.extend(m.status for m in _until_error(watch)))
         watcher.start()
         own_server.proc.send_signal(signal.SIGTERM)
