@@ -23,7 +23,7 @@ class DecodeGraphs:
         self.block_tables = torch.full((max_bs, runner.layout.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32,
                                        device=dev)
         self.context_lens = torch.ones(max_bs, dtype=torch.int32, device=dev)
-        self.logits = torch.empty(max_bs, runner.model_config.vocab_size, dtype=torch.float32, device=dev)
+        self.logits = torch.empty(max_bs, runner.model_config.vocab_size, dtype=runner.dtype, device=dev)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
 

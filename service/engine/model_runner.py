@@ -19,7 +19,7 @@ from service.engine.sequence import Sequence
 from service.model.attention import AttentionMetadata, GroupMetadata
 from service.model.loader import LoadedModel, load_model
 
-# The sampler's most expensive path: temperature, the top-k/top-p sort of [rows, vocab] float32 logits with int64
+# The sampler's most expensive path: temperature, the top-k/top-p sort of [rows, vocab] logits (in float32) with int64
 # indices, then the log-softmax and top-N of logprobs beside the sampling temporaries.
 PROFILE_SAMPLING = SamplingParams(max_tokens=1, temperature=1.0, top_k=50, top_p=0.9, logprobs=MAX_LOGPROBS)
 
@@ -143,7 +143,7 @@ class ModelRunner:
         sampling, _ = self.run(batch)
         rows = self.layout.max_num_seqs
         if len(sampling) < rows:
-            logits = torch.randn(rows, vocab, device=self.device)
+            logits = torch.randn(rows, vocab, device=self.device, dtype=self.dtype)
             sample(logits, SamplingBatch([PROFILE_SAMPLING] * rows, [0] * rows))
 
     # --- one step -----------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def _device_sample(logits: torch.Tensor, sampled: torch.Tensor, params: list[Sam
     """Queues the logprobs' kernels too, when any request asked for logprobs, then the copy to the host."""
     outputs = [sampled]
     if any(p.logprobs is not None for p in params):
-        logprobs = logits.log_softmax(dim=-1)
+        logprobs = logits.log_softmax(dim=-1, dtype=torch.float32)
         top_n = max(p.logprobs for p in params if p.logprobs is not None)
         top_values, top_ids = logprobs.topk(min(max(top_n, 1), logits.shape[-1]), dim=-1)
         chosen = logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
@@ -129,7 +129,8 @@ def _device_sample(logits: torch.Tensor, sampled: torch.Tensor, params: list[Sam
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
-    """logits: [rows, vocab] float32, one row per sampling sequence."""
+    """logits: [rows, vocab], one row per sampling sequence, in the model's dtype (an argmax needs no cast:
+    bfloat16 values are exact in float32, so both pick the same token)."""
     return sample_on_device(logits, batch).to_host()
 
 
@@ -143,7 +144,7 @@ def sample_on_device(logits: torch.Tensor, batch: SamplingBatch) -> DeviceSample
         return _device_sample(logits, logits.argmax(dim=-1), batch.params, failed)
     greedy = torch.tensor([r.greedy for r in rows], device=device)
     temperature = torch.tensor([r.temperature for r in rows], device=device)
-    scaled = logits / temperature.unsqueeze(1)
+    scaled = logits / temperature.unsqueeze(1)  # float32, as temperature is: one kernel casts and divides
     if any(r.filters for r in rows if not r.greedy):
         top_k = torch.tensor([r.top_k for r in rows], device=device)
         top_p = torch.tensor([r.top_p for r in rows], device=device)

@@ -168,10 +168,11 @@ class LlamaForCausalLM(nn.Module):
         self.rope_cos, self.rope_sin = emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata, logits_indices=None, fused=False):
-        """input_ids and positions: [num_tokens]. Returns float32 logits for the rows in logits_indices
-        (all rows when None). fused: Triton kernels for the residual add + RMSNorm, rotary (with qk_norm and
-        the KV-cache write) and SiLU x mul instead of the PyTorch code (service/kernels/: rms_norm.py,
-        rotary.py, activation.py); they need CUDA or Triton's interpreter."""
+        """input_ids and positions: [num_tokens]. Returns the logits for the rows in logits_indices (all rows
+        when None), in the model's dtype: greedy rows take their argmax as they are, and the sampler computes
+        in float32 for the rows that need probabilities. fused: Triton kernels for the residual add + RMSNorm,
+        rotary (with qk_norm and the KV-cache write) and SiLU x mul instead of the PyTorch code
+        (service/kernels/: rms_norm.py, rotary.py, activation.py); they need CUDA or Triton's interpreter."""
         cos = self.rope_cos[positions].unsqueeze(1)
         sin = self.rope_sin[positions].unsqueeze(1)
         x, residual = self.model.embed_tokens(input_ids), None
@@ -179,4 +180,4 @@ class LlamaForCausalLM(nn.Module):
             x, residual = layer(x, residual, cos, sin, kv_cache, meta, fused)
         if logits_indices is not None:
             x, residual = x[logits_indices], residual[logits_indices]
-        return self.lm_head(self.model.norm.add_forward(x, residual, fused)[0]).float()
+        return self.lm_head(self.model.norm.add_forward(x, residual, fused)[0])

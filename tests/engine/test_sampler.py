@@ -59,3 +59,21 @@ def test_a_row_whose_parameters_make_no_tensor_fails_alone():
     out = sample(logits, SamplingBatch(params, [0, 0, 0]))
     assert set(out.failed) == {1} and "sampling parameters" in out.failed[1]
     assert out.token_ids[2] == 0 and len(out.token_ids) == 3
+
+
+def test_bfloat16_logits_sample_as_their_float32_values_do():
+    """The model hands the sampler logits in its own dtype. Greedy rows take the argmax of the bfloat16
+    values (exact in float32, so the same token), and rows that sample or return logprobs compute in float32."""
+    torch.manual_seed(0)
+    logits = torch.randn(64, 3000).to(torch.bfloat16)
+    greedy = SamplingParams(temperature=0)
+    assert sample(logits, SamplingBatch([greedy] * 64, [0] * 64)).token_ids == logits.float().argmax(-1).tolist()
+
+    params = [SamplingParams(temperature=0.8, top_k=40, seed=3, logprobs=2), SamplingParams(temperature=0, logprobs=2)]
+    before = logits[:2].clone()
+    ours = sample(logits[:2], SamplingBatch(params, [0, 0]))
+    theirs = sample(logits[:2].float(), SamplingBatch(params, [0, 0]))
+    assert torch.equal(logits[:2], before)
+    assert ours.token_ids == theirs.token_ids
+    assert ours.logprobs == theirs.logprobs
+    assert ours.token_ids[1] == logits[1].float().argmax().item()
