@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import environment, write_json  # noqa: E402
+from bench.common import environment, seconds_per_call, write_json  # noqa: E402
 from bench.step_breakdown import measure_matmul_tflops, prefill_flops  # noqa: E402
 from service.engine.sampling_params import SamplingParams  # noqa: E402
 
@@ -64,15 +64,7 @@ def chunk_row(engine, chunk: int, requests: int, prompt_len: int, seed: int = 3)
 
 
 def _time_ms(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats
+    return seconds_per_call(lambda _: fn(), repeats) * 1000
 
 
 def attention_flops(seqs: int, new: int, cached: int) -> float:
@@ -82,7 +74,12 @@ def attention_flops(seqs: int, new: int, cached: int) -> float:
     return 2 * 2 * HEADS * HEAD_DIM * pairs
 
 
-def kernel_row(seqs: int, new: int, cached: int, dtype=torch.bfloat16) -> dict:
+# --kernel-sweep: the launch settings tried on every case (the kernel's own default is timed beside them).
+SWEEP = [dict(block_m=m, block_n=n, num_warps=w, num_stages=s)
+         for m in (64, 128) for n in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)]
+
+
+def kernel_row(seqs: int, new: int, cached: int, dtype=torch.bfloat16, sweep: list[dict] = ()) -> dict:
     from torch.nn.attention.bias import causal_lower_right
 
     from service.kernels.paged_prefill import paged_prefill_attention
@@ -115,43 +112,70 @@ def kernel_row(seqs: int, new: int, cached: int, dtype=torch.bfloat16) -> dict:
     peer = sdpa().transpose(1, 2).reshape(seqs * new, HEADS, HEAD_DIM)
     sdpa_ms = _time_ms(sdpa)
     flops = attention_flops(seqs, new, cached)
-    return {"seqs": seqs, "new_tokens": new, "cached_tokens": cached, "kernel_ms": kernel_ms,
-            "kernel_tflop_s": flops / kernel_ms / 1e9, "sdpa_contiguous_ms": sdpa_ms,
-            "sdpa_tflop_s": flops / sdpa_ms / 1e9, "kernel_over_sdpa": kernel_ms / sdpa_ms,
-            "max_abs_diff_vs_sdpa": (peer.float() - out.float()).abs().max().item()}
+    row = {"seqs": seqs, "new_tokens": new, "cached_tokens": cached, "kernel_ms": kernel_ms,
+           "kernel_tflop_s": flops / kernel_ms / 1e9, "sdpa_contiguous_ms": sdpa_ms,
+           "sdpa_tflop_s": flops / sdpa_ms / 1e9, "kernel_over_sdpa": kernel_ms / sdpa_ms,
+           "max_abs_diff_vs_sdpa": (peer.float() - out.float()).abs().max().item()}
+    if sweep:
+        row["sweep"] = [_sweep_point(launch, lambda **launch: paged_prefill_attention(
+            q, k_cache, v_cache, tables, query_start_loc, context_lens, new, scale, out=out, **launch), peer, flops)
+            for launch in sweep]
+    return row
 
 
-def main() -> None:
+def _sweep_point(launch: dict, run, peer: torch.Tensor, flops: float) -> dict:
+    """One launch setting: its time and error against SDPA, or why it did not run (a setting may need more
+    shared memory or registers than an SM has)."""
+    try:
+        out = run(**launch)
+        error = (peer.float() - out.float()).abs().max().item()
+        ms = _time_ms(lambda: run(**launch))
+    except Exception as e:  # noqa: BLE001 - Triton's resource errors have no common base class
+        return dict(launch, error=f"{type(e).__name__}: {str(e)[:200]}")
+    return dict(launch, ms=ms, tflop_s=flops / ms / 1e9, max_abs_diff_vs_sdpa=error)
+
+
+def chunk_sizes(args, chunks: list[int], peak: float | None) -> list[dict]:
     from service.boot import build_engine
     from service.config import EngineConfig
 
+    engine, _ = build_engine(EngineConfig(model=args.model, max_num_seqs=max(args.requests, 1),
+                                          max_num_batched_tokens=chunks[-1], max_model_len=args.prompt_len + 8,
+                                          plan_store="none"))
+    rows = []
+    for chunk in chunks:
+        row = chunk_row(engine, chunk, args.requests, args.prompt_len)
+        row["fraction_of_matmul_peak"] = row["prefill_tflop_s"] / peak if peak else None
+        rows.append(row)
+        print(f"chunk {chunk:>5}: {row['prefill_tokens_per_s']:>9,.0f} tok/s, {row['prefill_tflop_s']:6.1f} TFLOP/s,"
+              f" median step {row['median_step_ms']:.1f} ms", flush=True)
+    return rows
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama-3-8b")
     ap.add_argument("--chunks", default="512,1024,2048,4096,8192", help="max_num_batched_tokens values")
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=2048)
     ap.add_argument("--no-kernel", action="store_true", help="skip the kernel-against-SDPA cases")
+    ap.add_argument("--no-chunks", action="store_true", help="skip the chunk sizes (no engine is built)")
+    ap.add_argument("--kernel-sweep", action="store_true", help="also time every launch setting of SWEEP")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     chunks = sorted(int(c) for c in args.chunks.split(","))
-    engine, _ = build_engine(EngineConfig(model=args.model, max_num_seqs=max(args.requests, 1),
-                                          max_num_batched_tokens=chunks[-1], max_model_len=args.prompt_len + 8,
-                                          plan_store="none"))
     peak = measure_matmul_tflops()
-    chunk_rows = []
-    for chunk in chunks:
-        row = chunk_row(engine, chunk, args.requests, args.prompt_len)
-        row["fraction_of_matmul_peak"] = row["prefill_tflop_s"] / peak if peak else None
-        chunk_rows.append(row)
-        print(f"chunk {chunk:>5}: {row['prefill_tokens_per_s']:>9,.0f} tok/s, {row['prefill_tflop_s']:6.1f} TFLOP/s,"
-              f" median step {row['median_step_ms']:.1f} ms", flush=True)
+    chunk_rows = [] if args.no_chunks else chunk_sizes(args, chunks, peak)
     kernel_rows = []
     if torch.cuda.is_available() and not args.no_kernel:
         for case in KERNEL_CASES:
-            row = kernel_row(*case)
+            row = kernel_row(*case, sweep=SWEEP if args.kernel_sweep else ())
             kernel_rows.append(row)
             print(f"kernel {case}: {row['kernel_ms']:.3f} ms vs SDPA {row['sdpa_contiguous_ms']:.3f} ms"
                   f" ({row['kernel_over_sdpa']:.2f}×), max diff {row['max_abs_diff_vs_sdpa']:.3g}", flush=True)
+            timed = sorted((p for p in row.get("sweep", []) if "ms" in p), key=lambda p: p["ms"])
+            for p in timed[:3]:
+                print(f"  {p}", flush=True)
             torch.cuda.empty_cache()
     write_json(args.out, dict(environment(), benchmark="prefill", model=args.model, matmul_peak_tflop_s=peak,
                               chunks=chunk_rows, kernel=kernel_rows))

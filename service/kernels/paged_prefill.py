@@ -20,6 +20,22 @@ import triton.language as tl
 from service.kernels.common import LOG2E, check_heads, check_kernel_operands, load_kv_tile
 
 
+@triton.jit
+def _online_softmax_step(q, k, v, m_i, l_i, acc, qk_scale, tokens, q_pos, valid, MASKED: tl.constexpr,
+                         PRECISION: tl.constexpr):
+    """One key tile of flash attention: the running max, sum and accumulator after it. MASKED: hide the
+    tile's keys past each row's own position (and past the context)."""
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    if MASKED:
+        qk = tl.where(valid[None, :] & (tokens[None, :] <= q_pos[:, None]), qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
 # The block table's row stride is its width, which changes with every batch's longest sequence: specialised
 # on (Triton compiles a variant for 1 and for multiples of 16), it would compile up to three variants of each
 # launch, at profiling time or in the middle of serving.
@@ -54,20 +70,22 @@ def _prefill_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for tile_start in range(0, end, BLOCK_N):
+    # Key tiles that end at or before the tile's first query position are visible to all of its rows: no mask
+    # there, only on the tiles that cross the diagonal.
+    unmasked_end = (context_len - q_len + tile * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    for tile_start in range(0, unmasked_end, BLOCK_N):
+        tokens = tile_start + cols
+        k, v = load_kv_tile(k_ptr, v_ptr, bt_ptr + seq * stride_bt, tokens, cols < BLOCK_N, kv_head, dims,
+                            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, BLOCK_SIZE)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, qk_scale, tokens, q_pos, tokens < end,
+                                             False, PRECISION)
+    for tile_start in range(unmasked_end, end, BLOCK_N):
         tokens = tile_start + cols
         valid = tokens < end
         k, v = load_kv_tile(k_ptr, v_ptr, bt_ptr + seq * stride_bt, tokens, valid, kv_head, dims,
                             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, BLOCK_SIZE)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        visible = valid[None, :] & (tokens[None, :] <= q_pos[:, None])
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, qk_scale, tokens, q_pos, valid,
+                                             True, PRECISION)
 
     out = acc / l_i[:, None]
     tl.store(out_ptr + (q_start + rows)[:, None].to(tl.int64) * stride_ot + head * stride_oh + dims[None, :],
