@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -51,20 +52,33 @@ def write_json(path: str | Path, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def seconds_per_call(fn, repeats: int, warm_up: int = 3, cuda: bool = True) -> float:
+    """Mean seconds of fn(i) over i = 0 .. repeats-1, after `warm_up` untimed calls (fn(0), fn(1), ...).
+    With cuda, CUDA events on the current stream time the calls' GPU work queued back to back; without, the
+    wall clock times the calls themselves."""
+    for i in range(warm_up):
+        fn(i)
+    if not cuda:
+        began = time.perf_counter()
+        for i in range(repeats):
+            fn(i)
+        return (time.perf_counter() - began) / repeats
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(repeats):
+        fn(i)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000 / repeats
+
+
 def measure_copy_bandwidth_gb_s(num_bytes: int = 2 << 30) -> float | None:
     """Device-to-device copy bandwidth (read + write bytes per second), the ceiling decode is measured against."""
     if not torch.cuda.is_available():
         return None
     src = torch.empty(num_bytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1000 / 10
+    seconds = seconds_per_call(lambda _: dst.copy_(src), repeats=10, warm_up=1)
     del src, dst
     torch.cuda.empty_cache()
     return 2 * num_bytes / seconds / 1e9

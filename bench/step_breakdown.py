@@ -11,6 +11,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from bench.common import seconds_per_call
 from service.engine.sampling_params import SamplingParams
 
 # Kernel names are the only label a kernel keeps inside a replayed CUDA graph, so categories go by name.
@@ -140,15 +141,7 @@ def measure_matmul_tflops(n: int = 8192, repeats: int = 20) -> float | None:
         return None
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1000 / repeats
+    seconds = seconds_per_call(lambda _: a @ b, repeats)
     del a, b
     torch.cuda.empty_cache()
     return 2 * n ** 3 / seconds / 1e12

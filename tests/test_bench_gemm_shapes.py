@@ -35,5 +35,6 @@ def test_a_step_sums_every_projection_times_its_count():
         assert r["ms"] > 0 and r["tflops"] == pytest.approx(
             2 * r["tokens"] * r["in_features"] * r["out_features"] / (r["ms"] / 1e3) / 1e12)
     for s in result["per_step"]:
-        rows = [r for r in result["rows"] if (r["tokens"], r["layout"]) == (s["tokens"], s["layout"])]
+        key = (s["tokens"], s["layout"], s["blas"])
+        rows = [r for r in result["rows"] if (r["tokens"], r["layout"], r["blas"]) == key]
         assert s["gemm_ms_per_step"] == pytest.approx(sum(r["ms"] * r["per_step"] for r in rows))
