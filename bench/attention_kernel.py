@@ -10,8 +10,6 @@ same K/V copied into contiguous tensors, checked against the kernel's output.
 """
 
 import argparse
-import datetime
-import json
 import math
 
 import torch
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 import triton
 import triton.testing
 
+from bench.common import environment, write_json
 from service.kernels.paged_attention import _split_plan, paged_decode_attention
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 32, 8, 128, 16, torch.bfloat16
@@ -126,12 +125,9 @@ def main():
                       f" {row.get('sdpa_contiguous_gbps', math.nan):>9.0f}"
                       + (f"   best {row['sweep_best']}" if args.sweep else ""), flush=True)
                 torch.cuda.empty_cache()
-    result = dict(device=device, peak_bytes_per_s=peak, torch=torch.__version__, triton=triton.__version__,
-                  date=datetime.date.today().isoformat(), heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM,
-                  block_size=BLOCK_SIZE, dtype=str(DTYPE), cases=rows)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, dict(environment(), benchmark="attention_kernel", peak_bytes_per_s=peak, heads=HEADS,
+                              kv_heads=KV_HEADS, head_dim=HEAD_DIM, block_size=BLOCK_SIZE, dtype=str(DTYPE),
+                              cases=rows))
 
 
 if __name__ == "__main__":

@@ -104,17 +104,19 @@ def main():
     ap.add_argument("--layouts", default="linear", help="linear (as the model runs), kn (x @ w on [in, out])")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--blas", default="cublas", help="comma-separated: cublas (torch's default), cublaslt")
-    ap.add_argument("--reduced-precision-reduction", action="store_true",
-                    help="torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction (kvmemo leaves it off)")
+    ap.add_argument("--reduced-precision-reduction", action=argparse.BooleanOptionalAction, default=None,
+                    help="set torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction (kvmemo, like "
+                         "every torch program, runs with torch's default: on)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = args.reduced_precision_reduction
+    if args.reduced_precision_reduction is not None:
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = args.reduced_precision_reduction
     result = measure(args.model, [int(t) for t in args.tokens.split(",")], args.layouts.split(","), dtype, device,
                      args.repeats, args.blas.split(","))
     result.update(environment(), matmul_peak_tflops=measure_matmul_tflops(),
                   cublaslt_workspace_kib=os.environ.get("CUBLASLT_WORKSPACE_SIZE"),
-                  reduced_precision_reduction=args.reduced_precision_reduction)
+                  reduced_precision_reduction=torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction)
     for s in result["per_step"]:
         print(f"{s['tokens']:>5} tokens, {s['layout']}, {s['blas']}: {s['gemm_ms_per_step']:.3f} ms of GEMMs a step")
     write_json(args.out, {"benchmark": "gemm_shapes", **result})
