@@ -114,12 +114,15 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, query_start_loc, 
     if num_seqs == 0 or num_tokens == 0:
         return out
     # 64x64 tiles keep Q, K, V and the accumulator of head_dim <= 128 inside the register and shared-memory
-    # budget of one SM with room for pipelining; head_dim 256 halves the key tile.
+    # budget of one SM; head_dim 256 halves the key tile. For head_dim 128, one warpgroup (4 warps) and 2
+    # stages were the fastest of 36 launch settings over bench/prefill.py's cases on an H200 (1.32x SDPA's
+    # time on contiguous K/V, geometric mean; 8 warps and 3 stages took 2.6x): prefill-h200-2026-12-02-sweep.json.
     block_m = block_m or 64
     block_n = block_n or (64 if head_dim <= 128 else 32)
-    num_warps = num_warps or (4 if head_dim <= 64 else 8)
+    num_warps = num_warps or (4 if head_dim <= 128 else 8)
     if num_stages is None:
-        num_stages = 1 if q.device.type != "cuda" else max(1, min(3, 96 * 1024 // (2 * block_n * head_dim * q.element_size())))
+        num_stages = (1 if q.device.type != "cuda" else 2 if head_dim <= 128
+                      else max(1, min(3, 96 * 1024 // (2 * block_n * head_dim * q.element_size()))))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     grid = (num_seqs, triton.cdiv(max_q_len, block_m), num_heads)
     _prefill_kernel[grid](
