@@ -55,7 +55,9 @@ class StepTimer:
 
 def install(engine, timer: StepTimer) -> None:
     runner = engine.runner
+    # A pure-decode step with async scheduling schedules the step after it (schedule_ahead), not itself.
     engine.scheduler.schedule = timer.wrap("scheduler", engine.scheduler.schedule)
+    engine.scheduler.schedule_ahead = timer.wrap("scheduler", engine.scheduler.schedule_ahead)
     runner.prepare = timer.wrap("prepare", runner.prepare)
     runner.launch = timer.wrap("run", runner.launch)
     model_runner.sample_on_device = timer.wrap("sampler", model_runner.sample_on_device)
@@ -84,7 +86,7 @@ def measure(engine, timer: StepTimer, batch: int, prompt: int, steps: int) -> di
     timer.steps = []
     for r in rows:
         r["runner_other"] = r["run"] - r.get("prepare", 0) - r.get("model", 0) - r.get("sampler", 0)
-        r["output"] = r["step"] - r["scheduler"] - r["run"]
+        r["output"] = r["step"] - r.get("scheduler", 0) - r.get("run", 0)
     median_ms = {p: statistics.median(r.get(p, 0.0) for r in rows) * 1000 for p in PARTS}
     median_ms["host_without_model"] = statistics.median(r["step"] - r.get("model", 0) for r in rows) * 1000
     return {"batch": batch, "prompt_tokens": prompt, "decode_steps_measured": len(rows),

@@ -1,7 +1,10 @@
 """Tokenizers: a Hugging Face tokenizer.json or a GGUF file's vocabulary through `tokenizers`, or a byte-level
-one for presets. Each has `chat_template`, `bos_token` and `eos_token` (text, or None) for chat rendering."""
+one for presets. Each has `chat_template`, `bos_token` and `eos_token` (text, or None) for chat rendering, and
+`decode_stream()`: a new sequence's text one token at a time, each call O(1) however long the text."""
 
+import codecs
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from service.errors import ModelLoadError
@@ -29,6 +32,11 @@ class ByteTokenizer:
         special = self._special
         return bytes(i % 256 for i in ids if i not in special).decode("utf-8", errors="replace")
 
+    def decode_stream(self) -> Callable[[int], str]:
+        """step(token id) -> the text it completes ("" while a UTF-8 character is still partial)."""
+        decoder, special = codecs.getincrementaldecoder("utf-8")(errors="replace"), self._special
+        return lambda token_id: "" if token_id in special else decoder.decode(bytes((token_id % 256,)))
+
 
 class HFTokenizer:
     """A `tokenizers.Tokenizer`. `add_bos` prepends the BOS id (GGUF files say so in their metadata; a
@@ -50,6 +58,14 @@ class HFTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
+
+    def decode_stream(self) -> Callable[[int], str]:
+        """step(token id) -> the text it completes: `tokenizers`' DecodeStream, which decodes a few tokens back
+        so that a word's leading space and byte-fallback characters come out as in a whole decode."""
+        from tokenizers.decoders import DecodeStream
+
+        stream, tok = DecodeStream(skip_special_tokens=True), self._tok
+        return lambda token_id: stream.step(tok, token_id) or ""
 
 
 def _token_text(value) -> str | None:

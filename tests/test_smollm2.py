@@ -75,6 +75,17 @@ def test_the_tokenizer_equals_transformers(runner, hf):
     assert ours.chat_template == hf_tok.chat_template
 
 
+def test_the_decode_stream_gives_the_whole_decode(runner):
+    """The engine detokenises one token at a time through decode_stream(); its pieces make the same text as
+    decoding every id at once, leading spaces and multi-byte characters split across tokens included."""
+    tok = runner.loaded.tokenizer
+    chat = chat_prompt(tok.chat_template, "What is the capital of France?")
+    for text in [*PROMPTS, *MORE_TEXT, chat, "naïve café — 東京 🙂 e\u0301"]:
+        ids = tok.encode(text)
+        step = tok.decode_stream()
+        assert "".join(step(i) for i in ids) == tok.decode(ids), text
+
+
 def test_greedy_tokens_equal_transformers(runner, hf):
     model, _ = hf
     tok = runner.loaded.tokenizer

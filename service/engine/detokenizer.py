@@ -1,11 +1,12 @@
 """Incremental detokenization with stop strings.
 
-Text is released only once it is stable: a trailing partial UTF-8 character waits for its next token,
-and a tail that could still become a stop string is held back until it cannot.
+Text is released only once it is stable: the tokenizer's decode stream holds a partial UTF-8 character until
+its next token, and a tail that could still become a stop string is held back until it cannot.
 
 Each stop string is matched with a Knuth-Morris-Pratt automaton fed only the new characters, so a token costs
 the same however long the text and the stop strings are (at most MAX_STOP_STRINGS of MAX_STOP_STRING_CHARS)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -25,10 +26,10 @@ def prefix_function(s: str) -> list[int]:
 @dataclass(slots=True)
 class Detokenizer:
     stop: tuple[str, ...]
+    decode_step: Callable[[int], str]  # the tokenizer's decode stream for this sequence (decode_stream())
     text: str = ""  # all stable text decoded so far
     emitted: int = 0  # characters of text already released
-    prefix_offset: int = 0  # decoding restarts a few tokens back, so each step costs O(1), not O(length)
-    read_offset: int = 0
+    read: int = 0  # output tokens given to the decode stream
     fed: int = 0  # characters of text the stop automata have seen
     matched: list[int] = field(default_factory=list)  # per stop string: its prefix that ends the text
     fail: list[list[int]] = field(default_factory=list)
@@ -37,13 +38,12 @@ class Detokenizer:
         self.matched = [0] * len(self.stop)
         self.fail = [prefix_function(s) for s in self.stop]
 
-    def update(self, tokenizer, output_ids: list[int]) -> tuple[str, bool]:
-        """Returns (newly released text, whether a stop string was hit)."""
-        prefix_text = tokenizer.decode(output_ids[self.prefix_offset : self.read_offset])
-        new_text = tokenizer.decode(output_ids[self.prefix_offset :])
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            self.text += new_text[len(prefix_text) :]
-            self.prefix_offset, self.read_offset = self.read_offset, len(output_ids)
+    def update(self, output_ids: list[int]) -> tuple[str, bool]:
+        """output_ids: the sequence's output tokens so far (only the ones not seen before are decoded).
+        Returns (newly released text, whether a stop string was hit)."""
+        for token_id in output_ids[self.read :]:
+            self.text += self.decode_step(token_id)
+        self.read = len(output_ids)
         if not self.stop:  # nothing to hold back or look for
             self.fed = len(self.text)
             return self._release(len(self.text)), False

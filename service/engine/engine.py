@@ -92,7 +92,7 @@ class LLMEngine:
         room = self.max_model_len - len(prompt_token_ids)  # validate() left at least 1
         seq = Sequence(request_id, list(prompt_token_ids), params, max_output_tokens=min(params.max_tokens, room))
         self.sequences[request_id] = seq
-        self.detokenizers[request_id] = Detokenizer(params.stop)
+        self.detokenizers[request_id] = Detokenizer(params.stop, self.tokenizer.decode_stream())
         self.scheduler.add(seq)
 
     def abort(self, request_id: str) -> RequestOutput | None:
@@ -184,7 +184,7 @@ class LLMEngine:
 
     def _output(self, t: SampledToken) -> RequestOutput:
         seq = t.seq
-        new_text, hit_stop = self.detokenizers[seq.request_id].update(self.tokenizer, seq.output_token_ids)
+        new_text, hit_stop = self.detokenizers[seq.request_id].update(seq.output_token_ids)
         if hit_stop:
             self.scheduler.finish(seq, "stop")
         if seq.finished:
